@@ -1,0 +1,147 @@
+"""The record contract: one JSON object per URL, plus the closed set of error classes.
+
+Users and tools parse these records, so field names and error class values are a public
+contract: add fields, never rename or remove them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+
+class ErrorClass(StrEnum):
+    """Why a URL produced no HTTP status. An HTTP status (even 404/500) is a result, not an error."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    DNS = "dns"
+    TLS = "tls"
+    TOO_LARGE = "too_large"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    INVALID_URL = "invalid_url"
+    BLOCKED_ADDRESS = "blocked_address"
+    ROBOTS_DISALLOWED = "robots_disallowed"
+
+
+# Network failures worth another attempt; the others are deterministic for a given URL.
+RETRYABLE_ERRORS = frozenset({ErrorClass.TIMEOUT, ErrorClass.CONNECTION, ErrorClass.DNS})
+# Statuses worth another attempt: throttling and transient server trouble.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Statuses that mean "the host asks everyone to slow down": fed to the shared limiter.
+PENALTY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """What an engine saw for one attempt at one URL (redirects followed inside the attempt)."""
+
+    url: str
+    final_url: str | None = None
+    status: int | None = None
+    error: ErrorClass | None = None
+    error_detail: str | None = None
+    bytes: int = 0
+    content_type: str | None = None
+    redirects: int = 0
+    elapsed_ms: float = 0.0
+    retry_after: str | None = None  # raw Retry-After header value, parsed by the runner
+    body: bytes | None = None  # decoded body, only when the job keeps bodies
+
+
+@dataclass(slots=True)
+class Record:
+    """The stored and exported result for one URL of a job: exactly one per URL."""
+
+    url: str
+    final_url: str | None
+    status: int | None
+    ok: bool
+    error: str | None
+    error_detail: str | None
+    attempts: int
+    elapsed_ms: float
+    bytes: int
+    content_type: str | None
+    fetched_at: str
+    depth: int = 0
+    worker: str = ""
+    redirects: int = 0
+    job: str = ""
+    body_stored: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_result(
+        cls,
+        res: FetchResult,
+        *,
+        attempts: int,
+        depth: int = 0,
+        worker: str = "",
+        job: str = "",
+        fetched_at: str | None = None,
+    ) -> Record:
+        status = res.status
+        return cls(
+            url=res.url,
+            final_url=res.final_url,
+            status=status,
+            ok=res.error is None and status is not None and 200 <= status < 300,
+            error=str(res.error) if res.error is not None else None,
+            error_detail=res.error_detail,
+            attempts=attempts,
+            elapsed_ms=round(res.elapsed_ms, 3),
+            bytes=res.bytes,
+            content_type=res.content_type,
+            fetched_at=fetched_at or utc_now_iso(),
+            depth=depth,
+            worker=worker,
+            redirects=res.redirects,
+            job=job,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d.update(self.extra)
+        return d
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+# Column order for CSV export: the contract fields first, in the README's order.
+CSV_FIELDS = (
+    "url",
+    "final_url",
+    "status",
+    "ok",
+    "error",
+    "error_detail",
+    "attempts",
+    "elapsed_ms",
+    "bytes",
+    "content_type",
+    "fetched_at",
+    "depth",
+    "worker",
+    "redirects",
+    "job",
+    "body_stored",
+)
+
+
+def status_class(status: int | None) -> str:
+    """'2xx'..'5xx' for counters; 'none' when no status was received."""
+    if status is None:
+        return "none"
+    return f"{status // 100}xx"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
