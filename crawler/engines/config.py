@@ -22,6 +22,7 @@ class FetchConfig:
     headers: tuple[tuple[str, str], ...] = ()
     verify_tls: bool = True  # only an explicit --insecure turns this off
     allow_private_networks: bool = False  # SSRF guard: loopback/private/link-local refused unless set
+    allowed_networks: tuple[str, ...] = ()  # CIDRs let through the guard even if private (e.g. one intranet host)
     dns_ttl: int = 300  # seconds a resolved (and checked) address is reused
     keepalive_timeout: float = 30.0  # seconds an idle connection stays open for reuse
     keep_body: bool = False  # return the decoded body in FetchResult.body
