@@ -1,0 +1,106 @@
+"""The embedded single-process crawl: intake -> dedupe -> runner -> store -> export.
+
+The same runner, limiter and store as the Celery workers; with no CRAWLER_REDIS_URL they
+run on an in-process fakeredis, so `crawler crawl` needs no server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from crawler.backend import check_redis, redis_client
+from crawler.engines import make_engine
+from crawler.export import Format, export
+from crawler.jobs import new_job_id
+from crawler.ratelimit import AsyncRateLimiter
+from crawler.runner import BatchRunner, RunnerOptions, RunStats
+from crawler.settings import Settings
+from crawler.store import ResultStore
+from crawler.urls import IntakeStats
+
+INTAKE_BATCH = 1000  # URLs read (in a thread) and deduplicated (one Redis round trip) at a time
+
+
+@dataclass
+class CrawlSummary:
+    """What a finished embedded crawl reports."""
+
+    job_id: str
+    stats: RunStats
+    intake: IntakeStats
+    counters: dict[str, int] = field(default_factory=dict)
+    exported: int = 0
+    store_calls: int = 0
+
+
+def worker_name(settings: Settings) -> str:
+    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runner_options(settings: Settings) -> RunnerOptions:
+    return RunnerOptions(
+        concurrency=settings.concurrency,
+        policy=settings.retry_policy(),
+        worker=worker_name(settings),
+        host_interval=1.0 / settings.per_host_qps if settings.per_host_qps else 0.0,
+        body_store_max=settings.body_store_max_bytes if settings.store_body else None,
+        max_pending=max(10 * settings.concurrency, 10_000),
+    )
+
+
+async def claimed_batches(
+    urls: Iterator[str], store: ResultStore, intake: IntakeStats
+) -> AsyncIterator[list[str]]:
+    """Reads URLs in a thread (stdin may block) and yields the ones new to the job."""
+    loop = asyncio.get_running_loop()
+
+    def next_batch() -> list[str]:
+        batch = []
+        for url in urls:
+            batch.append(url)
+            if len(batch) >= INTAKE_BATCH:
+                break
+        return batch
+
+    while batch := await loop.run_in_executor(None, next_batch):
+        fresh = await store.claim(batch)
+        intake.duplicates += len(batch) - len(fresh)
+        if fresh:
+            yield fresh
+
+
+async def crawl(
+    urls: Iterator[str],
+    settings: Settings,
+    *,
+    intake: IntakeStats | None = None,
+    out: IO[bytes] | None = None,
+    fmt: Format = "jsonl",
+    job_id: str | None = None,
+    on_start: Callable[[BatchRunner], Any] | None = None,
+) -> CrawlSummary:
+    """Crawl `urls` (canonical, e.g. from `crawler.urls.iter_urls`) and export to `out`."""
+    intake = intake or IntakeStats()
+    client = redis_client(settings.redis_url)
+    try:
+        await check_redis(client, settings.redis_url)
+        store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)
+        limiter = AsyncRateLimiter(client, settings.limiter_config())
+        async with make_engine(settings.mode, settings.fetch_config()) as engine:
+            runner = BatchRunner(engine, limiter, runner_options(settings))
+            if on_start is not None:
+                on_start(runner)
+            stats = await runner.run(claimed_batches(urls, store, intake), store)
+        await store.add_counter("rejected", intake.rejected)
+        summary = CrawlSummary(store.job_id, stats, intake, store_calls=store.calls)
+        if out is not None:
+            summary.exported = await export(store.iter_records(), out, fmt)
+        summary.counters = await store.counters()
+        return summary
+    finally:
+        await client.aclose()

@@ -1,0 +1,42 @@
+-- store_records.lua: write a batch of records for one job, exactly once per URL.
+--
+-- Idempotent: a URL whose digest is already in the job's `seen` set is skipped, so a batch
+-- that runs twice (a redelivered task, a retried flush) never adds a second record or
+-- double-counts. Counters are updated in the same script, so they always match the stream.
+--
+-- KEYS[1]  seen set      {prefix}:job:{id}:seen      (16-byte URL digests)
+-- KEYS[2]  results       {prefix}:job:{id}:results   (stream; field r = record JSON)
+-- KEYS[3]  counters      {prefix}:job:{id}:counters  (hash)
+-- KEYS[4]  bodies        {prefix}:job:{id}:bodies    (hash digest -> zlib body)
+-- ARGV[1]  n, the number of records
+-- ARGV[2..] per record, 7 values: digest, json, ok (1/0), error class or "",
+--           status class ("2xx".."5xx" or "none"), decoded bytes, compressed body or ""
+-- Returns   the number of records written (the others were duplicates).
+-- Clock     none.
+local n = tonumber(ARGV[1])
+local written = 0
+local ok, failed, bytes = 0, 0, 0
+local by = {}
+for i = 0, n - 1 do
+  local b = 2 + i * 7
+  local digest = ARGV[b]
+  if redis.call('SADD', KEYS[1], digest) == 1 then
+    redis.call('XADD', KEYS[2], '*', 'r', ARGV[b + 1])
+    written = written + 1
+    if ARGV[b + 2] == '1' then ok = ok + 1 else failed = failed + 1 end
+    local err = ARGV[b + 3]
+    if err ~= '' then by['error:' .. err] = (by['error:' .. err] or 0) + 1 end
+    local sc = 'status:' .. ARGV[b + 4]
+    by[sc] = (by[sc] or 0) + 1
+    bytes = bytes + tonumber(ARGV[b + 5])
+    if ARGV[b + 6] ~= '' then redis.call('HSET', KEYS[4], digest, ARGV[b + 6]) end
+  end
+end
+if written > 0 then
+  redis.call('HINCRBY', KEYS[3], 'done', written)
+  redis.call('HINCRBY', KEYS[3], 'ok', ok)
+  redis.call('HINCRBY', KEYS[3], 'failed', failed)
+  redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
+  for k, v in pairs(by) do redis.call('HINCRBY', KEYS[3], k, v) end
+end
+return written

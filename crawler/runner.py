@@ -1,0 +1,318 @@
+"""Runs URLs through limiter -> engine -> store: the loop shared by `crawler crawl` and workers.
+
+One dispatcher coroutine owns all scheduling state, so there are no locks:
+
+* `ready`: URLs that may ask the limiter now. Up to the free concurrency slots are sent to
+  the limiter in ONE `acquire_many` round trip; granted ones become fetch tasks that sleep
+  their exact wait once (no polling).
+* `parked`: per host, URLs the limiter deferred (the host is not ready soon). One timer per
+  host releases them one at a time, so a slow or penalized host never holds a slot while
+  other hosts have work.
+* timers: retries (back-off / Retry-After) and global back-pressure.
+
+Records are batched by a writer coroutine into one Redis script call per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from crawler.engines.base import Engine
+from crawler.ratelimit import AsyncRateLimiter, Decision
+from crawler.records import FetchResult, Record, status_class
+from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
+from crawler.store import PendingRecord, ResultStore
+
+log = logging.getLogger(__name__)
+
+ACQUIRE_MAX = 256  # URLs per limiter round trip: bounds the script's run time in Redis
+WRITE_MAX = 500  # records per store round trip
+MIN_RETRY_GAP = 0.001  # s: a timer never fires in the past, so the dispatcher cannot spin
+
+
+@dataclass(slots=True)
+class Work:
+    """One URL on its way through the loop."""
+
+    url: str
+    host: str
+    depth: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class RunStats:
+    """Live counters of one run, read by progress displays; the store holds the truth."""
+
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    queued: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    bytes: int = 0
+    retries: int = 0
+    penalties: int = 0
+    deferred_host: int = 0
+    deferred_global: int = 0
+    limiter_calls: int = 0
+    written: int = 0
+    inflight: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerOptions:
+    concurrency: int = 100
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    worker: str = ""
+    host_interval: float = 0.0  # s, the configured per-host interval: when to re-ask for a parked host
+    body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
+    max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+class BatchRunner:
+    """Fetches every URL of a source exactly once into a ResultStore (one record per URL)."""
+
+    def __init__(
+        self, engine: Engine, limiter: AsyncRateLimiter, options: RunnerOptions
+    ) -> None:
+        self.engine = engine
+        self.limiter = limiter
+        self.opt = options
+        self.stats = RunStats()
+
+    async def run(
+        self, batches: AsyncIterable[Sequence[str]], store: ResultStore, *, depth: int = 0
+    ) -> RunStats:
+        """Consume URL batches lazily and return when every URL has its record stored."""
+        run = _Run(self, store, depth)
+        try:
+            await run.main(batches)
+        finally:
+            self.stats.finished = time.monotonic()
+        return self.stats
+
+
+class _Run:
+    """The state of one `BatchRunner.run` call; only the dispatcher coroutine mutates it."""
+
+    def __init__(self, runner: BatchRunner, store: ResultStore, depth: int) -> None:
+        self.r = runner
+        self.stats = runner.stats
+        self.store = store
+        self.depth = depth
+        self.loop = asyncio.get_running_loop()
+        self.ready: deque[Work] = deque()
+        self.parked: dict[str, deque[Work]] = {}
+        self.host_timer: set[str] = set()
+        self.timers: list[tuple[float, int, Work | str]] = []
+        self.seq = itertools.count()
+        self.inflight = 0
+        self.pending = 0  # URLs taken from the source and not yet recorded
+        self.wake = asyncio.Event()
+        self.out: asyncio.Queue[PendingRecord | None] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+
+    async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
+        writer = asyncio.create_task(self._writer())
+        source = aiter(batches)
+        exhausted = False
+        try:
+            while True:
+                if self.failure is not None:
+                    raise self.failure
+                self._fire_timers()
+                while not exhausted and self.pending < self.r.opt.max_pending and (
+                    len(self.ready) < 2 * self.r.opt.concurrency
+                ):
+                    try:
+                        batch = await anext(source)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    self._admit(batch)
+                if exhausted and self.pending == 0:
+                    break
+                free = self.r.opt.concurrency - self.inflight
+                if free > 0 and self.ready:
+                    await self._dispatch(free)
+                    continue
+                await self._sleep_until_event()
+        finally:
+            for t in list(self.tasks):
+                t.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.out.put(None)
+            await writer
+
+    def _admit(self, urls: Sequence[str]) -> None:
+        for url in urls:
+            w = Work(url, host_of(url), self.depth)
+            self.pending += 1
+            self.stats.queued += 1
+            parked = self.parked.get(w.host)
+            if parked is not None:
+                parked.append(w)
+            else:
+                self.ready.append(w)
+
+    async def _dispatch(self, free: int) -> None:
+        take = [self.ready.popleft() for _ in range(min(free, len(self.ready), ACQUIRE_MAX))]
+        grants = await self.r.limiter.acquire_many([w.host for w in take])
+        self.stats.limiter_calls += 1
+        now = self.loop.time()
+        for w, g in zip(take, grants, strict=True):
+            if g.decision is Decision.GRANTED:
+                self._start(w, g.wait)
+                if w.host in self.parked and w.host not in self.host_timer:
+                    self._host_timer(w.host, now + g.wait + self.r.opt.host_interval)
+            elif g.decision is Decision.DEFER_HOST:
+                self.stats.deferred_host += 1
+                self.parked.setdefault(w.host, deque()).append(w)
+                if w.host not in self.host_timer:
+                    self._host_timer(w.host, now + g.wait)
+            else:
+                # Back-pressure: ask again when the global slot is near, not now.
+                self.stats.deferred_global += 1
+                horizon = self.r.limiter.config.global_horizon
+                self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
+
+    def _start(self, w: Work, wait: float) -> None:
+        self.inflight += 1
+        self.stats.inflight = self.inflight
+        task = asyncio.create_task(self._fetch(w, wait))
+        self.tasks.add(task)
+        task.add_done_callback(self._fetch_done)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.inflight -= 1
+        self.stats.inflight = self.inflight
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()  # a bug, not a fetch failure: surface it
+        self.wake.set()
+
+    async def _fetch(self, w: Work, wait: float) -> None:
+        if wait > 0:
+            await asyncio.sleep(wait)
+        res = await self.r.engine.fetch(w.url)
+        w.attempts += 1
+        if wants_penalty(res):
+            await self._penalize(w.host, res)
+        delay = self.r.opt.policy.delay(res, w.attempts)
+        if delay is not None:
+            self.stats.retries += 1
+            self._timer(self.loop.time() + max(delay, MIN_RETRY_GAP), w)
+            return
+        self._emit(w, res)
+
+    async def _penalize(self, host: str, res: FetchResult) -> None:
+        """Tell every worker to slow down on this host; a Redis hiccup must not lose the URL."""
+        self.stats.penalties += 1
+        try:
+            await self.r.limiter.penalize(host, parse_retry_after(res.retry_after))
+        except Exception as exc:  # noqa: BLE001 - the fetch result still counts
+            log.warning("could not record a penalty for %s: %s", host, exc)
+
+    def _emit(self, w: Work, res: FetchResult) -> None:
+        rec = Record.from_result(
+            res, attempts=w.attempts, depth=w.depth, worker=self.r.opt.worker,
+            job=self.store.job_id,
+        )
+        body = None
+        if self.r.opt.body_store_max is not None and res.body is not None:
+            body = res.body[: self.r.opt.body_store_max]
+        s = self.stats
+        s.done += 1
+        s.bytes += rec.bytes
+        if rec.ok:
+            s.ok += 1
+        else:
+            s.failed += 1
+        if rec.error:
+            s.errors[rec.error] += 1
+        s.statuses[status_class(rec.status)] += 1
+        self.out.put_nowait(PendingRecord(rec, body))
+
+    def _timer(self, due: float, item: Work | str) -> None:
+        heapq.heappush(self.timers, (due, next(self.seq), item))
+        self.wake.set()
+
+    def _host_timer(self, host: str, due: float) -> None:
+        self.host_timer.add(host)
+        self._timer(max(due, self.loop.time() + MIN_RETRY_GAP), host)
+
+    def _fire_timers(self) -> None:
+        now = self.loop.time()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, item = heapq.heappop(self.timers)
+            if isinstance(item, Work):
+                parked = self.parked.get(item.host)
+                (parked.append if parked is not None else self.ready.append)(item)
+                continue
+            self.host_timer.discard(item)
+            parked = self.parked.get(item)
+            if not parked:
+                self.parked.pop(item, None)
+                continue
+            self.ready.append(parked.popleft())
+            if not parked:
+                del self.parked[item]
+
+    async def _sleep_until_event(self) -> None:
+        timeout = None
+        if self.timers:
+            timeout = max(self.timers[0][0] - self.loop.time(), 0.0)
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        except BaseException as exc:
+            self.failure = exc  # the dispatcher re-raises it instead of waiting forever
+            self.wake.set()
+            raise
+
+    async def _write_loop(self) -> None:
+        """Batches records into few store round trips; whatever has queued goes in one call."""
+        done = False
+        while not done:
+            item = await self.out.get()
+            batch: list[PendingRecord] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= WRITE_MAX or self.out.empty():
+                    break
+                item = self.out.get_nowait()
+            done = item is None
+            if batch:
+                self.stats.written += await self.store.write(batch)
+                self.pending -= len(batch)
+                self.wake.set()
