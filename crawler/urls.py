@@ -1,0 +1,344 @@
+"""URL intake: read seed URLs one per line, validate them and put them in canonical form.
+
+Pure apart from reading the stream it is given. Two URLs that a server treats as the same
+resource should give the same string here, because that string is what the Redis frontier
+dedupes on; everything a crawler cannot fetch (other schemes, no host, a bad port, an
+invalid IDNA name) is rejected with a `RejectReason` instead of failing later in an engine.
+
+Choices worth knowing:
+
+* Userinfo (``user:pass@``) is *kept*: a seed list may deliberately carry basic-auth
+  credentials, and dropping them would silently change the request. It is never shown to a
+  user: `Rejected.text` and `mask_userinfo` replace the password with ``***``.
+* Default ports (``:80`` for http, ``:443`` for https) are dropped, port 0 is rejected.
+* Hosts: lowercased; a non-ASCII host goes through IDNA 2008 with UTS #46 mapping (the
+  ``idna`` package), so ``bücher.de`` and ``xn--bcher-kva.de`` are one host; ASCII hosts
+  may hold ``_`` (common in real subdomains, although IDNA forbids it); a host whose last
+  label is numeric must be a dotted-quad IPv4 address; IPv6 literals stay in brackets, in
+  RFC 5952 form, and zone ids are rejected (a crawler cannot use link-local addresses).
+* Path, query and percent-encoding are left to `w3lib.url.canonicalize_url`: dot segments
+  resolved, query arguments sorted, spaces become ``%20`` in the path and ``+`` in the query,
+  ``%xx`` upper-cased (or decoded when unreserved), fragment dropped.
+* A raw line is at most `MAX_URL_LENGTH` bytes after stripping, and so is the canonical form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import BinaryIO, TextIO
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+import idna
+from w3lib.url import canonicalize_url
+
+from crawler.errors import InputError
+
+__all__ = [
+    "MAX_URL_LENGTH",
+    "IntakeStats",
+    "InvalidURL",
+    "RejectReason",
+    "Rejected",
+    "canonicalize",
+    "iter_urls",
+    "mask_userinfo",
+    "open_source",
+]
+
+#: Longest accepted URL, raw line or canonical form. 2048 is what old browsers and many
+#: servers and CDNs still cap a request line near; longer seeds are almost always garbage.
+MAX_URL_LENGTH = 2048
+#: How many rejected lines `IntakeStats` keeps as examples: enough to spot a pattern.
+MAX_EXAMPLES = 5
+#: Width of a rejected line shown to a user: one terminal line.
+DISPLAY_WIDTH = 80
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_UTF8_BOM = b"\xef\xbb\xbf"
+_ASCII_WHITESPACE = " \t\r\n\f\v"
+# One read of a physical line: a maximal URL plus room for indentation and CRLF. Anything
+# longer is rejected without ever holding more than this (and one discard chunk) in memory.
+_READ_LIMIT = MAX_URL_LENGTH + 64
+_DISCARD_CHUNK = 16 * 1024
+# C0 controls, DEL and C1 controls: never part of a URL someone meant to type.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_ASCII_LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")
+_MAX_HOST_LENGTH = 253
+# Scheme, "//", user, ":" then password up to the last "@" of the authority (as urllib splits).
+_PASSWORD = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/?#@:]*:)[^/?#]*@")
+
+
+class RejectReason(StrEnum):
+    """Why an input line is not a crawlable URL; values are shown to users."""
+
+    TOO_LONG = "too_long"
+    NOT_UTF8 = "not_utf8"
+    CONTROL_CHARS = "control_chars"
+    UNPARSEABLE = "unparseable"
+    MISSING_SCHEME = "missing_scheme"
+    BAD_SCHEME = "bad_scheme"
+    EMPTY_HOST = "empty_host"
+    BAD_HOST = "bad_host"
+    BAD_PORT = "bad_port"
+
+
+class InvalidURL(ValueError):
+    """A URL that `canonicalize` refuses; `reason` says which rule it broke."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+
+
+def canonicalize(raw: str) -> str:
+    """Return the canonical form of an http(s) URL, or raise `InvalidURL`.
+
+    Idempotent: ``canonicalize(canonicalize(x)) == canonicalize(x)``. Never raises anything
+    but `InvalidURL`, so intake can count every bad line instead of crashing on one.
+    """
+    text = raw.strip(_ASCII_WHITESPACE)
+    if len(text) > MAX_URL_LENGTH:
+        raise InvalidURL(RejectReason.TOO_LONG, f"{len(text)} characters")
+    if _CONTROL_CHARS.search(text):
+        raise InvalidURL(RejectReason.CONTROL_CHARS)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
+        raise InvalidURL(RejectReason.NOT_UTF8) from None
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # unbalanced brackets, netloc broken by NFKC normalisation
+        raise InvalidURL(RejectReason.UNPARSEABLE, str(exc)) from None
+    if not parts.scheme:
+        raise InvalidURL(RejectReason.MISSING_SCHEME)
+    if parts.scheme not in DEFAULT_PORTS:  # urlsplit has already lowercased the scheme
+        raise InvalidURL(RejectReason.BAD_SCHEME, parts.scheme)
+    netloc = _canonical_netloc(parts)
+    try:
+        url = canonicalize_url(
+            urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
+            keep_fragments=False,
+        )
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidURL(RejectReason.UNPARSEABLE, str(exc)) from None
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURL(RejectReason.TOO_LONG, f"{len(url)} characters once canonical")
+    return url
+
+
+def _canonical_netloc(parts: SplitResult) -> str:
+    """Rebuild ``userinfo@host:port`` with an encoded host and without a default port."""
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or out of 0-65535
+        raise InvalidURL(RejectReason.BAD_PORT, str(exc)) from None
+    if port == 0:
+        raise InvalidURL(RejectReason.BAD_PORT, "port 0")
+    if not parts.hostname:
+        raise InvalidURL(RejectReason.EMPTY_HOST)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    result = f"{userinfo}@" if userinfo else ""
+    result += _canonical_host(parts.hostname, bracketed=hostport.startswith("["))
+    if port is not None and port != DEFAULT_PORTS[parts.scheme]:
+        result += f":{port}"
+    return result
+
+
+def _canonical_host(hostname: str, *, bracketed: bool) -> str:
+    """Return the ASCII form of a host urlsplit has already lowercased and unbracketed."""
+    if bracketed:
+        try:
+            address = ipaddress.IPv6Address(hostname)
+        except ValueError:  # IPvFuture, or a zone id not percent-encoded
+            raise InvalidURL(RejectReason.BAD_HOST, hostname) from None
+        if address.scope_id:
+            raise InvalidURL(RejectReason.BAD_HOST, "IPv6 zone id")
+        return f"[{address.compressed}]"
+    try:
+        # Browsers percent-decode a host before anything else (URL Standard, host parser).
+        host = unquote(hostname, errors="strict").lower()
+        if not host.isascii():
+            host = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        raise InvalidURL(RejectReason.BAD_HOST, str(exc)) from None
+    _check_ascii_host(host)
+    return host
+
+
+def _check_ascii_host(host: str) -> None:
+    """Reject a lowercase ASCII host that no resolver would accept."""
+    labels = host.removesuffix(".").split(".")
+    if len(host.removesuffix(".")) > _MAX_HOST_LENGTH:
+        raise InvalidURL(RejectReason.BAD_HOST, "host longer than 253 characters")
+    if not all(_ASCII_LABEL.match(label) for label in labels):
+        raise InvalidURL(RejectReason.BAD_HOST, host)
+    if labels[-1].isdigit():  # the URL Standard parses such a host as IPv4
+        try:
+            ipaddress.IPv4Address(host.removesuffix("."))
+        except ValueError:
+            raise InvalidURL(RejectReason.BAD_HOST, "not an IPv4 address") from None
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError):
+                raise InvalidURL(RejectReason.BAD_HOST, f"bad A-label {label}") from None
+
+
+def mask_userinfo(url: str) -> str:
+    """Replace the password in ``scheme://user:password@host`` with ``***`` for display."""
+    return _PASSWORD.sub(r"\1***@", url, count=1)
+
+
+def _display(line: bytes) -> str:
+    """Make a raw line safe to print: escaped, password masked, one terminal line wide."""
+    text = line.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    text = mask_userinfo(text)
+    if len(text) > DISPLAY_WIDTH:
+        text = text[: DISPLAY_WIDTH - 3] + "..."
+    return text
+
+
+@dataclass
+class Rejected:
+    """One rejected input line, kept as an example for the user."""
+
+    lineno: int
+    text: str
+    reason: RejectReason
+
+
+@dataclass
+class IntakeStats:
+    """Counts of what intake did with each line; the caller prints `summary()` to stderr."""
+
+    lines: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    skipped: int = 0  # blank lines and comments
+    duplicates: int = 0  # incremented by the caller: dedupe happens downstream, in Redis
+    by_reason: Counter[RejectReason] = field(default_factory=Counter)
+    examples: list[Rejected] = field(default_factory=list)
+
+    def reject(self, lineno: int, line: bytes, reason: RejectReason) -> None:
+        """Count a rejected line and keep it as an example if it is among the first few."""
+        self.rejected += 1
+        self.by_reason[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(Rejected(lineno, _display(line), reason))
+
+    def summary(self) -> str:
+        """A few lines for stderr: the totals, then the first rejected lines."""
+        head = f"read {self.lines} lines: {self.accepted} accepted, {self.rejected} rejected"
+        if self.by_reason:
+            ordered = sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+            head += " (" + ", ".join(f"{reason}: {n}" for reason, n in ordered) + ")"
+        head += f", {self.skipped} skipped, {self.duplicates} duplicates"
+        lines = [head]
+        lines += [f"  line {r.lineno}: {r.reason}: {r.text}" for r in self.examples]
+        if self.rejected > len(self.examples):
+            lines.append(f"  ... and {self.rejected - len(self.examples)} more rejected lines")
+        return "\n".join(lines)
+
+
+@contextmanager
+def open_source(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a URL list for binary reading; ``"-"`` is stdin, which is left open afterwards.
+
+    Raises `InputError` with a one-line message when the file cannot be opened.
+    """
+    if isinstance(path, str) and path == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise InputError("cannot read stdin: it is closed or not a byte stream")
+        yield stdin
+        return
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise InputError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+def iter_urls(
+    source: BinaryIO | TextIO | str | os.PathLike[str], stats: IntakeStats
+) -> Iterator[str]:
+    """Yield the canonical URL of each valid line of `source`, counting every line in `stats`.
+
+    `source` is a path, ``"-"`` for stdin, or an open binary or text stream (not closed
+    here). Lazy and bounded in memory: one line of at most ``_READ_LIMIT`` bytes at a time.
+    A path is opened on the first ``next()``, so `InputError` surfaces there. Does not
+    dedupe: the frontier does that in Redis, across jobs.
+    """
+    if isinstance(source, str | os.PathLike):
+        with open_source(source) as stream:
+            yield from _iter_stream(stream, stats)
+    else:
+        yield from _iter_stream(source, stats)
+
+
+def _iter_stream(stream: BinaryIO | TextIO, stats: IntakeStats) -> Iterator[str]:
+    for lineno, line, complete in _physical_lines(stream):
+        stats.lines += 1
+        if lineno == 1:
+            line = line.removeprefix(_UTF8_BOM)
+        line = line.strip()
+        if line.startswith(b"#") or (complete and not line):
+            stats.skipped += 1
+            continue
+        try:
+            if not complete:
+                raise InvalidURL(RejectReason.TOO_LONG)
+            url = _canonicalize_line(line)
+        except InvalidURL as exc:
+            stats.reject(lineno, line, exc.reason)
+            continue
+        stats.accepted += 1
+        yield url
+
+
+def _canonicalize_line(line: bytes) -> str:
+    if len(line) > MAX_URL_LENGTH:
+        raise InvalidURL(RejectReason.TOO_LONG)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidURL(RejectReason.NOT_UTF8) from None
+    return canonicalize(text)
+
+
+def _physical_lines(stream: BinaryIO | TextIO) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(lineno, first bytes of the line, whether that is the whole line)``.
+
+    An over-long line yields only its first ``_READ_LIMIT`` units; the rest is read in
+    chunks and dropped, so a multi-gigabyte line costs no more memory than a short one.
+    """
+    lineno = 0
+    while chunk := stream.readline(_READ_LIMIT):
+        lineno += 1
+        newline = "\n" if isinstance(chunk, str) else b"\n"
+        complete = chunk.endswith(newline) or len(chunk) < _READ_LIMIT  # type: ignore[arg-type]
+        rest = chunk
+        while not complete and rest and not rest.endswith(newline):  # type: ignore[arg-type]
+            rest = stream.readline(_DISCARD_CHUNK)
+        yield lineno, _to_bytes(chunk), complete
+
+
+def _to_bytes(chunk: str | bytes) -> bytes:
+    """Bytes of a line read from a text stream, undoing surrogateescape decoding."""
+    if isinstance(chunk, bytes):
+        return chunk
+    try:
+        return chunk.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte: invalid UTF-8
+        return chunk.encode("utf-8", "surrogatepass")

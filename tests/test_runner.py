@@ -1,0 +1,192 @@
+"""The batch runner with a scripted engine: scheduling, retries, penalties, deferrals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+import fakeredis
+import pytest
+
+from crawler.engines.base import Engine
+from crawler.engines.config import FetchConfig
+from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
+from crawler.records import ErrorClass, FetchResult
+from crawler.retry import RetryPolicy
+from crawler.runner import BatchRunner, RunnerOptions
+from crawler.store import ResultStore
+
+Script = Callable[[str, int], FetchResult]
+
+
+class ScriptedEngine(Engine):
+    """An engine whose answer for (url, attempt) comes from a function; logs arrival times."""
+
+    name = "scripted"
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(FetchConfig())
+        self.script = script
+        self.calls: dict[str, list[float]] = defaultdict(list)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def fetch(self, url: str) -> FetchResult:
+        self.calls[url].append(time.monotonic())
+        await asyncio.sleep(0)
+        return self.script(url, len(self.calls[url]))
+
+
+def ok(url: str, attempt: int) -> FetchResult:
+    return FetchResult(url=url, final_url=url, status=200, bytes=5)
+
+
+async def batches(urls: Iterable[str], size: int = 50) -> AsyncIterator[Sequence[str]]:
+    urls = list(urls)
+    for i in range(0, len(urls), size):
+        yield urls[i : i + size]
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeAsyncRedis:
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+def make(redis, script: Script = ok, *, limiter: LimiterConfig | None = None, **opts):
+    engine = ScriptedEngine(script)
+    lim = AsyncRateLimiter(redis, limiter or LimiterConfig())
+    opts.setdefault("policy", RetryPolicy(retries=3, backoff=0.0))
+    runner = BatchRunner(engine, lim, RunnerOptions(worker="w1", **opts))
+    return engine, runner, ResultStore(redis, "job")
+
+
+async def records(store: ResultStore) -> dict[str, dict]:
+    out = {}
+    async for r in store.iter_records():
+        assert r["url"] not in out, "two records for one URL"
+        out[r["url"]] = r
+    return out
+
+
+async def test_every_url_exactly_one_record(redis) -> None:
+    urls = [f"http://h{i % 7}.test/p{i}" for i in range(500)]
+    engine, runner, store = make(redis, concurrency=20)
+    stats = await runner.run(batches(urls), store)
+    recs = await records(store)
+    assert set(recs) == set(urls)
+    assert all(len(engine.calls[u]) == 1 for u in urls)
+    assert stats.done == stats.ok == 500 and stats.written == 500
+    assert (await store.counters())["done"] == 500
+    rec = recs[urls[0]]
+    assert rec["worker"] == "w1" and rec["job"] == "job" and rec["attempts"] == 1
+    # One limiter round trip serves many URLs.
+    assert stats.limiter_calls < 500
+
+
+async def test_retries_then_success_counts_attempts(redis) -> None:
+    def flaky(url: str, attempt: int) -> FetchResult:
+        if attempt < 3:
+            return FetchResult(url=url, status=502)
+        return ok(url, attempt)
+
+    _, runner, store = make(redis, flaky)
+    stats = await runner.run(batches(["http://a.test/"]), store)
+    rec = (await records(store))["http://a.test/"]
+    assert rec["status"] == 200 and rec["attempts"] == 3 and rec["ok"] is True
+    assert stats.retries == 2 and stats.penalties == 0
+
+
+async def test_retries_exhausted_keeps_last_status(redis) -> None:
+    engine, runner, store = make(
+        redis, lambda u, a: FetchResult(url=u, error=ErrorClass.TIMEOUT, error_detail="slow"),
+        policy=RetryPolicy(retries=2, backoff=0.0),
+    )
+    await runner.run(batches(["http://a.test/"]), store)
+    rec = (await records(store))["http://a.test/"]
+    assert rec["error"] == "timeout" and rec["attempts"] == 3 and rec["status"] is None
+    assert len(engine.calls["http://a.test/"]) == 3
+
+
+async def test_429_penalizes_host_for_every_worker(redis) -> None:
+    def throttled(url: str, attempt: int) -> FetchResult:
+        if "slow.test" in url and attempt == 1:
+            return FetchResult(url=url, status=429, retry_after="1")
+        return ok(url, attempt)
+
+    engine, runner, store = make(redis, throttled)
+    urls = ["http://slow.test/a", "http://fast.test/a", "http://fast.test/b"]
+    stats = await runner.run(batches(urls), store)
+    recs = await records(store)
+    assert recs["http://slow.test/a"]["attempts"] == 2
+    assert recs["http://slow.test/a"]["status"] == 200
+    assert stats.penalties == 1
+    # The second attempt waited for Retry-After (1 s); the other host did not.
+    first, second = engine.calls["http://slow.test/a"]
+    assert second - first >= 0.99
+    # Another worker's limiter sees the penalty on that host right away.
+    other = AsyncRateLimiter(redis, LimiterConfig())
+    state = await other.host_state("slow.test")
+    assert state  # penalty state is shared through Redis
+
+
+async def test_per_host_limit_defers_while_other_hosts_proceed(redis) -> None:
+    urls = [f"http://{h}.test/{i}" for i in range(4) for h in ("a", "b")]
+    engine, runner, store = make(
+        redis, limiter=LimiterConfig(per_host_qps=10), concurrency=8, host_interval=0.1
+    )
+    stats = await runner.run(batches(urls), store)
+    assert stats.done == 8 and stats.deferred_host > 0
+    for host in ("a", "b"):
+        times = sorted(t for u, ts in engine.calls.items() if f"//{host}." in u for t in ts)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) >= 0.1 - 0.005, gaps  # the host interval, minus timer slack
+    first_a = min(engine.calls["http://a.test/0"])
+    first_b = min(engine.calls["http://b.test/0"])
+    assert abs(first_a - first_b) < 0.1  # hosts in parallel, not one after the other
+
+
+async def test_source_is_read_lazily(redis) -> None:
+    pulled = 0
+
+    async def endless() -> AsyncIterator[Sequence[str]]:
+        nonlocal pulled
+        i = 0
+        while i < 5000:
+            pulled += 100
+            yield [f"http://h.test/{j}" for j in range(i, i + 100)]
+            i += 100
+
+    seen_pending: list[int] = []
+
+    def watch(url: str, attempt: int) -> FetchResult:
+        seen_pending.append(pulled - runner.stats.done)
+        return ok(url, attempt)
+
+    _, runner, store = make(redis, watch, concurrency=10, max_pending=300)
+    await runner.run(endless(), store)
+    assert runner.stats.done == 5000
+    assert max(seen_pending) <= 300 + 100 + 10  # bound + one batch + in flight
+
+
+async def test_engine_bug_surfaces_instead_of_hanging(redis) -> None:
+    def broken(url: str, attempt: int) -> FetchResult:
+        raise RuntimeError("engine bug")
+
+    _, runner, store = make(redis, broken)
+    with pytest.raises(RuntimeError, match="engine bug"):
+        await asyncio.wait_for(runner.run(batches(["http://a.test/"]), store), 10)
+
+
+async def test_bodies_kept_only_when_asked(redis) -> None:
+    def with_body(url: str, attempt: int) -> FetchResult:
+        return FetchResult(url=url, status=200, body=b"x" * 100, bytes=100)
+
+    _, runner, store = make(redis, with_body, body_store_max=10)
+    await runner.run(batches(["http://a.test/"]), store)
+    assert await store.body("http://a.test/") == b"x" * 10
