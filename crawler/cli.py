@@ -71,17 +71,24 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="keep bodies in Redis (capped, compressed)")
 
 
+def _add_common_options(p: argparse.ArgumentParser, *, default: Any) -> None:
+    """Options valid before or after the command; a subcommand's copy must not reset them."""
+    p.add_argument("--config", default=default,
+                   help="TOML settings file (default $CRAWLER_CONFIG or config/crawler.toml)")
+    p.add_argument("--redis-url", default=default,
+                   help="Redis for limiter, job state and results "
+                   "(default $CRAWLER_REDIS_URL; none = embedded)")
+    p.add_argument("--log-level", default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="crawler", description="A distributed task-queue web crawler.")
     p.add_argument("--version", action="version", version=f"crawler {__version__}")
-    p.add_argument("--config", help="TOML settings file (default $CRAWLER_CONFIG or "
-                   "config/crawler.toml)")
-    p.add_argument("--redis-url", help="Redis for limiter, job state and results "
-                   "(default $CRAWLER_REDIS_URL; none = embedded)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_common_options(p, default=None)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("crawl", help="crawl a URL list in this process (embedded mode)")
+    _add_common_options(c, default=argparse.SUPPRESS)
     c.add_argument("source", metavar="FILE|-", help="one URL a line; '-' reads stdin")
     c.add_argument("-o", "--output", help="write records here (default stdout)")
     c.add_argument("--format", choices=["jsonl", "csv"],

@@ -6,6 +6,7 @@ contract: add fields, never rename or remove them.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import orjson
 
 
 class ErrorClass(StrEnum):
-    """Why a URL produced no HTTP status. An HTTP status (even 404/500) is a result, not an error."""
+    """Why a URL produced no HTTP status. An HTTP status (even 404) is a result, not an error."""
 
     TIMEOUT = "timeout"
     CONNECTION = "connection"
@@ -51,7 +52,7 @@ class FetchResult:
     redirects: int = 0
     elapsed_ms: float = 0.0
     retry_after: str | None = None  # raw Retry-After header value, parsed by the runner
-    body: bytes | None = None  # decoded body, only when the job keeps bodies
+    body: builtins.bytes | None = None  # decoded body, only when the job keeps bodies
 
 
 @dataclass(slots=True)
@@ -111,7 +112,7 @@ class Record:
         d.update(self.extra)
         return d
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         return orjson.dumps(self.to_dict())
 
 

@@ -17,7 +17,7 @@ from crawler.records import PENALTY_STATUSES, RETRYABLE_ERRORS, RETRYABLE_STATUS
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """Up to `retries` extra attempts, exponential back-off with full jitter, Retry-After honoured."""
+    """Up to `retries` extra attempts; exponential back-off, full jitter; Retry-After honoured."""
 
     retries: int = 3
     backoff: float = 0.5  # s: base of the exponential back-off

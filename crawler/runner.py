@@ -16,6 +16,7 @@ Records are batched by a writer coroutine into one Redis script call per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -83,7 +84,7 @@ class RunnerOptions:
     concurrency: int = 100
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     worker: str = ""
-    host_interval: float = 0.0  # s, the configured per-host interval: when to re-ask for a parked host
+    host_interval: float = 0.0  # s, configured per-host interval: when to re-ask a parked host
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
 
@@ -234,7 +235,7 @@ class _Run:
         self.stats.penalties += 1
         try:
             await self.r.limiter.penalize(host, parse_retry_after(res.retry_after))
-        except Exception as exc:  # noqa: BLE001 - the fetch result still counts
+        except Exception as exc:  # the fetch result still counts
             log.warning("could not record a penalty for %s: %s", host, exc)
 
     def _emit(self, w: Work, res: FetchResult) -> None:
@@ -287,10 +288,8 @@ class _Run:
         if self.timers:
             timeout = max(self.timers[0][0] - self.loop.time(), 0.0)
         self.wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _writer(self) -> None:
         try:

@@ -51,7 +51,8 @@ class ResultStore:
     """Reads and writes one job's results. Async: the runner and workers live on an event loop."""
 
     def __init__(self, client: Redis, job_id: str, *, prefix: str = "crawler") -> None:
-        self.client = client
+        # Any: redis-py's stubs type replies as bytes | str unions; decode_responses is off here.
+        self.client: Any = client
         self.job_id = job_id
         self.prefix = prefix
         self.keys = {n: job_key(prefix, job_id, n) for n in (

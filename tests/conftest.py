@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+pytest_plugins = ["httpserver"]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:

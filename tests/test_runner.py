@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -144,7 +145,7 @@ async def test_per_host_limit_defers_while_other_hosts_proceed(redis) -> None:
     assert stats.done == 8 and stats.deferred_host > 0
     for host in ("a", "b"):
         times = sorted(t for u, ts in engine.calls.items() if f"//{host}." in u for t in ts)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= 0.1 - 0.005, gaps  # the host interval, minus timer slack
     first_a = min(engine.calls["http://a.test/0"])
     first_b = min(engine.calls["http://b.test/0"])

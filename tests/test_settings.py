@@ -13,7 +13,9 @@ from crawler.settings import Settings, load_settings, mask_url
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_precedence_defaults_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_defaults_file_env_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("qps = 1.0\nburst = 1\nretries = 1\nconcurrency = 7\n")
     monkeypatch.setenv("CRAWLER_BURST", "2")

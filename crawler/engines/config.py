@@ -21,8 +21,10 @@ class FetchConfig:
     user_agent: str = DEFAULT_USER_AGENT
     headers: tuple[tuple[str, str], ...] = ()
     verify_tls: bool = True  # only an explicit --insecure turns this off
-    allow_private_networks: bool = False  # SSRF guard: loopback/private/link-local refused unless set
-    allowed_networks: tuple[str, ...] = ()  # CIDRs let through the guard even if private (e.g. one intranet host)
+    # SSRF guard: loopback/private/link-local targets are refused unless set.
+    allow_private_networks: bool = False
+    # CIDRs let through the guard even if private (e.g. one intranet host).
+    allowed_networks: tuple[str, ...] = ()
     dns_ttl: int = 300  # seconds a resolved (and checked) address is reused
     keepalive_timeout: float = 30.0  # seconds an idle connection stays open for reuse
     keep_body: bool = False  # return the decoded body in FetchResult.body

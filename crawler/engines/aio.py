@@ -1,0 +1,121 @@
+"""The asyncio engine: one aiohttp session per worker process, a semaphore bounding fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import ClassVar
+
+import aiohttp
+import certifi
+
+from crawler.engines.base import CHUNK, DRAIN_LIMIT, Attempt, Engine, classify_own, short_detail
+from crawler.engines.config import FetchConfig
+from crawler.guard import AiohttpGuardResolver, Resolver
+from crawler.records import ErrorClass, FetchResult
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(verify: bool) -> ssl.SSLContext | bool:
+    """certifi's CA bundle, or False (no verification) only when the job said --insecure."""
+    return ssl.create_default_context(cafile=certifi.where()) if verify else False
+
+
+def classify(exc: BaseException) -> tuple[ErrorClass, str]:
+    """Every exception of an aiohttp attempt mapped to an error class, in one place."""
+    own = classify_own(exc)
+    if own is not None:
+        return own
+    detail = short_detail(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError, aiohttp.ServerFingerprintMismatch)):
+        return ErrorClass.TLS, detail
+    if isinstance(exc, TimeoutError):  # asyncio.timeout, ServerTimeoutError, Connection/Socket*
+        return ErrorClass.TIMEOUT, detail
+    if isinstance(exc, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
+        return ErrorClass.DNS, detail
+    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):  # yarl raises ValueError/UnicodeError
+        return ErrorClass.INVALID_URL, detail
+    if isinstance(exc, (aiohttp.ClientError, OSError)):  # refused, reset, payload, disconnected
+        return ErrorClass.CONNECTION, detail
+    log.warning("unexpected fetch error", exc_info=exc)
+    return ErrorClass.CONNECTION, short_detail(f"unexpected {detail}")
+
+
+class AioEngine(Engine):
+    """aiohttp: bodies read undecoded and decoded under the cap; redirects followed by hand."""
+
+    name: ClassVar[str] = "async"
+
+    def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None) -> None:
+        super().__init__(config, resolver=resolver)
+        self._session: aiohttp.ClientSession | None = None
+        self._sem: asyncio.Semaphore | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        c = self.config
+        connector = aiohttp.TCPConnector(
+            limit=c.concurrency,
+            limit_per_host=c.limit_per_host,
+            ttl_dns_cache=c.dns_ttl,
+            keepalive_timeout=c.keepalive_timeout,
+            ssl=tls_context(c.verify_tls),
+            resolver=AiohttpGuardResolver(self.guard),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=c.timeout, sock_connect=c.connect_timeout, sock_read=c.read_timeout
+            ),
+            auto_decompress=False,
+            trust_env=False,  # no proxy from the environment: the guard checks the real peer
+            cookie_jar=aiohttp.DummyCookieJar(),  # URLs of different jobs share no state
+        )
+        self._sem = asyncio.Semaphore(c.concurrency)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fetch(self, url: str) -> FetchResult:
+        if self._session is None or self._sem is None:
+            raise RuntimeError("AioEngine.start() was not awaited")
+        async with self._sem:
+            attempt = self.attempt(url)
+            budget = asyncio.timeout(self.config.timeout)
+            try:
+                async with budget:
+                    return await self._fetch(self._session, attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = attempt.deadline_error() if budget.expired() else exc
+                return attempt.failed(*classify(failure))
+
+    async def _fetch(self, session: aiohttp.ClientSession, attempt: Attempt) -> FetchResult:
+        url = attempt.begin()
+        while True:
+            async with session.get(url, headers=attempt.headers, allow_redirects=False) as resp:
+                nxt = attempt.follow(resp.status, resp.headers.get("Location"))
+                if nxt is None:
+                    body = attempt.decoder(resp.headers)
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        body.feed(chunk)
+                    body.finish()
+                    return attempt.done(resp.status, resp.headers, body)
+                await _drain(resp)
+            url = nxt
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read a small redirect body so the connection goes back to the pool."""
+    seen = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        if seen > DRAIN_LIMIT:
+            return

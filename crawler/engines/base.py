@@ -1,0 +1,286 @@
+"""The engine interface and every decision both engines share (no I/O here).
+
+An engine turns one URL into one FetchResult: one attempt, redirects followed inside it, each
+hop's address checked by the SSRF guard. The engines only send; this module decides what to
+send, where a redirect leads, when to stop, and how a result or failure is recorded.
+
+Our own failure exceptions (mapped by `classify_own`, used by both engines):
+
+    InvalidURL          the URL or a Location is not a usable http(s) URL  -> invalid_url
+    TooManyRedirects    more than max_redirects hops                       -> too_many_redirects
+    DeadlineExceeded    the attempt's total timeout ran out (TimeoutError) -> timeout
+    guard.BlockedAddress, guard.DNSFailure                   -> blocked_address, dns
+    body.TooLarge, body.BadEncoding                          -> too_large, connection
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import ClassVar, Self
+from urllib.parse import urljoin, urlsplit
+
+from crawler.body import BadEncoding, BodyDecoder, TooLarge
+from crawler.engines.config import FetchConfig
+from crawler.guard import BlockedAddress, DNSFailure, Guard, Resolver, SystemResolver, ip_literal
+from crawler.records import ErrorClass, FetchResult
+
+# Raw body bytes read per network call.
+CHUNK = 64 * 1024
+# A redirect's body is read up to this much so its connection can be reused; beyond, dropped.
+DRAIN_LIMIT = 64 * 1024
+DETAIL_MAX = 200
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Never forwarded to another origin on a redirect (they were meant for the first one).
+ORIGIN_BOUND_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+ACCEPT_ENCODING = "gzip, deflate"  # exactly what crawler.body decodes
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUMERIC_HOST = re.compile(r"[0-9.]+|0x[0-9a-fx.]*")
+
+
+class InvalidURL(Exception):
+    """The URL (or a redirect's Location) is not a usable http(s) URL."""
+
+
+class TooManyRedirects(Exception):
+    """The attempt needed more than max_redirects hops."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The attempt's total time budget (FetchConfig.timeout) ran out."""
+
+
+# --- pure decisions ----------------------------------------------------------------------
+
+
+def build_headers(config: FetchConfig) -> dict[str, str]:
+    """Request headers for every hop: ours first, the job's extra headers override them."""
+    headers = {"User-Agent": config.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
+    for name, value in config.headers:
+        for key in [k for k in headers if k.lower() == name.lower()]:
+            del headers[key]
+        headers[name] = value
+    return headers
+
+
+def check_url(url: str) -> str:
+    """The URL's host if it is a fetchable http(s) URL; raises InvalidURL otherwise."""
+    if _CONTROL.search(url):
+        raise InvalidURL("URL contains control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise InvalidURL(f"unparseable URL: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidURL(f"unsupported scheme {parts.scheme or '(none)'!r}")
+    host = parts.hostname or ""
+    if not host:
+        raise InvalidURL("URL has no host")
+    if ip_literal(host) is None:
+        if _NUMERIC_HOST.fullmatch(host):
+            raise InvalidURL(f"{host!r} is not a canonical IP address")
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            raise InvalidURL(f"invalid host name {host!r}") from exc
+    return host
+
+
+def next_url(current: str, location: str) -> str:
+    """Where a redirect leads: Location resolved against the current URL, validated."""
+    location = location.strip()
+    if not location:
+        raise InvalidURL("redirect with an empty Location")
+    try:
+        target = urljoin(current, location)
+    except ValueError as exc:
+        raise InvalidURL(f"unparseable Location {location[:80]!r}") from exc
+    check_url(target)
+    return target
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme.lower(), pa.hostname, pa.port) == (pb.scheme.lower(), pb.hostname, pb.port)
+
+
+def mime_type(content_type: str | None) -> str | None:
+    """'text/html; charset=utf-8' -> 'text/html'."""
+    value = (content_type or "").split(";", 1)[0].strip().lower()
+    return value or None
+
+
+def short_detail(text: str) -> str:
+    """One line, at most DETAIL_MAX characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= DETAIL_MAX else line[: DETAIL_MAX - 3] + "..."
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, then what it wraps (__cause__, __context__, urllib3's .reason)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen or len(seen) > 10:
+            continue
+        seen.add(id(cur))
+        yield cur
+        reason = getattr(cur, "reason", None)
+        wrapped = [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+        todo += [cur.__cause__, cur.__context__, *wrapped]
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+
+
+_OWN: tuple[tuple[type[BaseException], ErrorClass], ...] = (
+    (BlockedAddress, ErrorClass.BLOCKED_ADDRESS),
+    (DNSFailure, ErrorClass.DNS),
+    (TooLarge, ErrorClass.TOO_LARGE),
+    (TooManyRedirects, ErrorClass.TOO_MANY_REDIRECTS),
+    (InvalidURL, ErrorClass.INVALID_URL),
+    (DeadlineExceeded, ErrorClass.TIMEOUT),
+    (BadEncoding, ErrorClass.CONNECTION),
+)
+
+
+def classify_own(exc: BaseException) -> tuple[ErrorClass, str] | None:
+    """Our own failures, even when a library wrapped them; None for anything else."""
+    for cur in causes(exc):
+        for kind, error in _OWN:
+            if isinstance(cur, kind):
+                return error, short_detail(str(cur) or kind.__name__)
+    return None
+
+
+# --- one attempt ---------------------------------------------------------------------------
+
+
+class Attempt:
+    """The state of one fetch: the current hop, redirects, the clock; builds the result."""
+
+    def __init__(self, url: str, config: FetchConfig, guard: Guard) -> None:
+        self.url = url
+        self.hop = url
+        self.config = config
+        self.guard = guard
+        self.redirects = 0
+        self.headers = build_headers(config)
+        self.started = time.perf_counter()
+        self.deadline = time.monotonic() + config.timeout
+
+    def begin(self) -> str:
+        """The first URL to request, validated and (for an IP literal) checked."""
+        self.guard.check_literal(check_url(self.url))
+        return self.url
+
+    def follow(self, status: int, location: str | None) -> str | None:
+        """The next hop for a redirect response, or None when this response is the result."""
+        if status not in REDIRECT_STATUSES or location is None:
+            return None
+        if self.redirects >= self.config.max_redirects:
+            raise TooManyRedirects(f"more than max_redirects={self.config.max_redirects}")
+        target = next_url(self.hop, location)
+        if not same_origin(self.hop, target):
+            self.headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ORIGIN_BOUND_HEADERS
+            }
+        self.redirects += 1
+        self.hop = target
+        # Checked like a name's addresses will be: a blocked hop is reported as the final URL.
+        self.guard.check_literal(check_url(target))
+        return target
+
+    def remaining(self) -> float:
+        """Seconds left of the total budget; DeadlineExceeded when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.deadline_error()
+        return left
+
+    def deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"timed out after {self.config.timeout:g}s (total)")
+
+    def decoder(self, headers: Mapping[str, str]) -> BodyDecoder:
+        return BodyDecoder(
+            headers.get("Content-Encoding"), self.config.max_bytes, keep=self.config.keep_body
+        )
+
+    def done(self, status: int, headers: Mapping[str, str], body: BodyDecoder) -> FetchResult:
+        return FetchResult(
+            url=self.url,
+            final_url=self.hop,
+            status=status,
+            bytes=body.size,
+            content_type=mime_type(headers.get("Content-Type")),
+            redirects=self.redirects,
+            elapsed_ms=self._elapsed_ms(),
+            retry_after=headers.get("Retry-After"),
+            body=body.body,
+        )
+
+    def failed(self, error: ErrorClass, detail: str) -> FetchResult:
+        """An error result: no status, no body (so both engines report the same)."""
+        return FetchResult(
+            url=self.url,
+            final_url=self.hop,
+            error=error,
+            error_detail=short_detail(detail),
+            redirects=self.redirects,
+            elapsed_ms=self._elapsed_ms(),
+        )
+
+    def _elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+# --- the interface ---------------------------------------------------------------------------
+
+
+class Engine(abc.ABC):
+    """Fetches URLs for a whole worker process: start once, fetch many times, close."""
+
+    name: ClassVar[str]
+    # Whether the guard caches checked answers (the aiohttp connector has its own DNS cache).
+    guard_caches_dns: ClassVar[bool] = False
+
+    def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.guard = Guard(
+            resolver or SystemResolver(),
+            allow_private=config.allow_private_networks,
+            allowed_networks=config.allowed_networks,
+            cache_ttl=config.dns_ttl if self.guard_caches_dns else 0,
+        )
+
+    def attempt(self, url: str) -> Attempt:
+        return Attempt(url, self.config, self.guard)
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Create the session/pool; called inside the running loop, once per process."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    @abc.abstractmethod
+    async def fetch(self, url: str) -> FetchResult:
+        """One attempt at `url`; never raises except CancelledError."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

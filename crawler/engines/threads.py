@@ -1,0 +1,293 @@
+"""The thread-pool engine: requests in a ThreadPoolExecutor, one Session per thread.
+
+Connections are opened by guarded urllib3 connection classes: the host is resolved through
+the Guard and the socket connects to exactly the address that was checked, while TLS keeps
+SNI and certificate verification on the original host name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, ClassVar, cast
+
+import certifi
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InsecureRequestWarning,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+)
+from urllib3.util import connection
+
+from crawler.engines.base import (
+    CHUNK,
+    DRAIN_LIMIT,
+    Attempt,
+    Engine,
+    causes,
+    classify_own,
+    short_detail,
+)
+from crawler.engines.config import FetchConfig
+from crawler.guard import Guard, Resolver
+from crawler.records import ErrorClass, FetchResult
+
+log = logging.getLogger(__name__)
+
+# Per-thread host pools kept (LRU): a thread crawling many hosts keeps this many warm.
+HOST_POOLS = 64
+
+
+def _detail(exc: BaseException) -> str:
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # MaxRetryError
+    inner = reason if isinstance(reason, BaseException) else exc
+    return short_detail(f"{type(inner).__name__}: {inner}")
+
+
+# Refused, reset, IncompleteRead, ChunkedEncodingError, protocol errors.
+_CONNECTION_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def classify(exc: BaseException) -> tuple[ErrorClass, str]:
+    """Every exception of a requests/urllib3 attempt mapped to an error class, in one place."""
+    own = classify_own(exc)
+    if own is not None:
+        return own
+    detail = _detail(exc)
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+        return ErrorClass.TIMEOUT, detail
+    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError, ssl.SSLError)):
+        return ErrorClass.TLS, detail
+    if isinstance(exc, requests.ConnectionError) and _name_resolution(exc):
+        return ErrorClass.DNS, detail
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.URLRequired,
+            LocationParseError,
+            ValueError,
+        ),
+    ):
+        return ErrorClass.INVALID_URL, detail
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ErrorClass.CONNECTION, detail
+    log.warning("unexpected fetch error", exc_info=exc)
+    return ErrorClass.CONNECTION, short_detail(f"unexpected {detail}")
+
+
+def _name_resolution(exc: BaseException) -> bool:
+    return any(isinstance(c, (NameResolutionError, socket.gaierror)) for c in causes(exc))
+
+
+# --- guarded urllib3 plumbing ------------------------------------------------------------------
+
+
+class _GuardedConnectionMixin:
+    """Resolve through the Guard and connect to a checked address, never to the raw name."""
+
+    _dns_host: str
+    port: int
+    host: str
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+
+    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+
+    def _new_conn(self) -> socket.socket:
+        addrs = self._guard.resolve_sync(self._dns_host, self.port)  # BlockedAddress, DNSFailure
+        error: Exception | None = None
+        for addr in addrs:
+            try:
+                return connection.create_connection(
+                    (addr, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError:
+                error = ConnectTimeoutError(
+                    self, f"Connection to {self.host} ({addr}) timed out after {self.timeout}s"
+                )
+            except OSError as exc:
+                conn = cast(HTTPConnection, self)
+                error = NewConnectionError(conn, f"Failed to establish a new connection: {exc}")
+        assert error is not None  # resolve_sync never returns an empty list
+        raise error
+
+
+class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class GuardedPoolManager(urllib3.PoolManager):
+    """A PoolManager whose pools open only guarded connections."""
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.guard = guard
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
+        pool.conn_kw["guard"] = self.guard
+        return pool
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter over a GuardedPoolManager (no proxies: the guard checks the peer)."""
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        self.guard = guard  # set first: HTTPAdapter.__init__ calls init_poolmanager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        self._pool_connections = connections
+        self._pool_maxsize = maxsize
+        self._pool_block = block
+        self.poolmanager = GuardedPoolManager(
+            self.guard, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+class ThreadEngine(Engine):
+    """requests + a thread pool; `fetch_sync` is the whole attempt, `fetch` runs it in the pool."""
+
+    name: ClassVar[str] = "threads"
+    guard_caches_dns = True
+
+    def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None) -> None:
+        super().__init__(config, resolver=resolver)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        if not config.verify_tls:
+            # The job asked for --insecure; one warning per request would only be noise.
+            urllib3.disable_warnings(InsecureRequestWarning)
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="fetch")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
+        """Wait for running fetches (bounded by the timeouts), then close every connection."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+            self._local = threading.local()  # closed sessions are never handed out again
+        for session in sessions:
+            session.close()
+
+    async def fetch(self, url: str) -> FetchResult:
+        if self._pool is None:
+            raise RuntimeError("ThreadEngine.start() was not awaited")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.fetch_sync, url)
+
+    def fetch_sync(self, url: str) -> FetchResult:
+        """One attempt, blocking the calling thread; never raises."""
+        attempt = self.attempt(url)
+        try:
+            return self._fetch(self._session(), attempt)
+        except Exception as exc:
+            return attempt.failed(*classify(exc))
+
+    def _fetch(self, session: requests.Session, attempt: Attempt) -> FetchResult:
+        url = attempt.begin()
+        while True:
+            left = attempt.remaining()
+            timeout = (min(self.config.connect_timeout, left), min(self.config.read_timeout, left))
+            resp = session.get(
+                url, headers=attempt.headers, stream=True, allow_redirects=False, timeout=timeout
+            )
+            try:
+                nxt = attempt.follow(resp.status_code, resp.headers.get("Location"))
+                if nxt is None:
+                    body = attempt.decoder(resp.headers)
+                    for chunk in self._chunks(resp, attempt):
+                        body.feed(chunk)
+                    body.finish()
+                    return attempt.done(resp.status_code, resp.headers, body)
+                seen = 0
+                for chunk in self._chunks(resp, attempt):
+                    seen += len(chunk)
+                    if seen > DRAIN_LIMIT:
+                        break
+            finally:
+                resp.close()  # a fully read response already went back to the pool
+            url = nxt
+
+    def _chunks(self, resp: requests.Response, attempt: Attempt) -> Iterator[bytes]:
+        """Raw (undecoded) body chunks as they arrive, within the attempt's total budget."""
+        raw = resp.raw
+        while True:
+            left = attempt.remaining()
+            if left < self.config.read_timeout:  # the total budget is now the tighter bound
+                sock = getattr(raw.connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)
+            chunk = raw.read1(CHUNK, decode_content=False)
+            if not chunk:
+                return
+            yield chunk
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy/.netrc from the environment
+            session.headers.clear()  # every header comes from build_headers
+            session.verify = certifi.where() if self.config.verify_tls else False
+            session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+            adapter = GuardedAdapter(
+                self.guard,
+                pool_connections=HOST_POOLS,
+                pool_maxsize=self.config.concurrency,
+                max_retries=0,
+            )
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
