@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from crawler.engines.base import Engine
 from crawler.ratelimit import AsyncRateLimiter, Decision
 from crawler.records import FetchResult, Record, status_class
 from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
+from crawler.slots import Slots
 from crawler.store import PendingRecord, ResultStore
 
 log = logging.getLogger(__name__)
@@ -97,21 +98,39 @@ class BatchRunner:
     """Fetches every URL of a source exactly once into a ResultStore (one record per URL)."""
 
     def __init__(
-        self, engine: Engine, limiter: AsyncRateLimiter, options: RunnerOptions
+        self,
+        engine: Engine,
+        limiter: AsyncRateLimiter,
+        options: RunnerOptions,
+        *,
+        slots: Slots | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.opt = options
+        self.slots = slots or Slots(options.concurrency)
         self.stats = RunStats()
+        self.stop_reason: str | None = None
+        self.leftover: list[str] = []  # URLs not fetched because the run was stopped
+        self._run: _Run | None = None
+
+    def stop(self, reason: str) -> None:
+        """Finish what is in flight, start nothing new (call on the runner's loop)."""
+        self.stop_reason = reason
+        if self._run is not None:
+            self._run.wake.set()
 
     async def run(
         self, batches: AsyncIterable[Sequence[str]], store: ResultStore, *, depth: int = 0
     ) -> RunStats:
         """Consume URL batches lazily and return when every URL has its record stored."""
-        run = _Run(self, store, depth)
+        run = self._run = _Run(self, store, depth)
+        self.slots.listen(run.wake)
         try:
             await run.main(batches)
         finally:
+            self.slots.unlisten(run.wake)
+            self._run = None
             self.stats.finished = time.monotonic()
         return self.stats
 
@@ -145,6 +164,9 @@ class _Run:
             while True:
                 if self.failure is not None:
                     raise self.failure
+                if self.r.stop_reason is not None:
+                    await self._drain_for_stop(source, exhausted)
+                    break
                 self._fire_timers()
                 while not exhausted and self.pending < self.r.opt.max_pending and (
                     len(self.ready) < 2 * self.r.opt.concurrency
@@ -157,7 +179,7 @@ class _Run:
                     self._admit(batch)
                 if exhausted and self.pending == 0:
                     break
-                free = self.r.opt.concurrency - self.inflight
+                free = min(self.r.slots.free, self.r.opt.concurrency - self.inflight)
                 if free > 0 and self.ready:
                     await self._dispatch(free)
                     continue
@@ -168,6 +190,24 @@ class _Run:
             await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.out.put(None)
             await writer
+
+    async def _drain_for_stop(self, source: AsyncIterator[Sequence[str]], exhausted: bool) -> None:
+        """Let in-flight fetches land and collect every URL that was not started."""
+        while self.inflight:
+            await self._sleep_until_event()
+        left = [w.url for w in self.ready]
+        left += [w.url for parked in self.parked.values() for w in parked]
+        left += [item.url for _, _, item in self.timers if isinstance(item, Work)]
+        self.pending -= len(left)  # what remains pending are records still being written
+        self.ready.clear()
+        self.parked.clear()
+        self.timers.clear()
+        if not exhausted:
+            async for batch in source:
+                left.extend(batch)
+        self.r.leftover = left
+        while self.pending > 0:
+            await self._sleep_until_event()
 
     def _admit(self, urls: Sequence[str]) -> None:
         for url in urls:
@@ -182,10 +222,21 @@ class _Run:
 
     async def _dispatch(self, free: int) -> None:
         take = [self.ready.popleft() for _ in range(min(free, len(self.ready), ACQUIRE_MAX))]
-        grants = await self.r.limiter.acquire_many([w.host for w in take])
+        # Slots are taken before the await: other batches of this process dispatch meanwhile.
+        for _ in take:
+            self.r.slots.take()
+        try:
+            grants = await self.r.limiter.acquire_many([w.host for w in take])
+        except BaseException:
+            for w in reversed(take):
+                self.r.slots.release()
+                self.ready.appendleft(w)
+            raise
         self.stats.limiter_calls += 1
         now = self.loop.time()
         for w, g in zip(take, grants, strict=True):
+            if not g.granted:
+                self.r.slots.release()
             if g.decision is Decision.GRANTED:
                 self._start(w, g.wait)
                 if w.host in self.parked and w.host not in self.host_timer:
@@ -202,7 +253,7 @@ class _Run:
                 self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
 
     def _start(self, w: Work, wait: float) -> None:
-        self.inflight += 1
+        self.inflight += 1  # its slot was taken in _dispatch
         self.stats.inflight = self.inflight
         task = asyncio.create_task(self._fetch(w, wait))
         self.tasks.add(task)
@@ -211,6 +262,7 @@ class _Run:
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.inflight -= 1
+        self.r.slots.release()
         self.stats.inflight = self.inflight
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()  # a bug, not a fetch failure: surface it

@@ -191,3 +191,49 @@ async def test_bodies_kept_only_when_asked(redis) -> None:
     _, runner, store = make(redis, with_body, body_store_max=10)
     await runner.run(batches(["http://a.test/"]), store)
     assert await store.body("http://a.test/") == b"x" * 10
+
+
+async def test_stop_lands_in_flight_and_returns_the_rest(redis) -> None:
+    urls = [f"http://h{i}.test/" for i in range(200)]
+    engine, runner, store = make(redis, concurrency=5)
+
+    def stop_after_ten(url: str, attempt: int) -> FetchResult:
+        if sum(len(v) for v in engine.calls.values()) == 10:
+            runner.stop("pause")
+        return ok(url, attempt)
+
+    engine.script = stop_after_ten
+    stats = await runner.run(batches(urls), store)
+    fetched = {u for u, calls in engine.calls.items() if calls}
+    recs = await records(store)
+    assert set(recs) == fetched  # every started fetch landed as a record
+    assert len(fetched) < 200
+    assert sorted(runner.leftover) == sorted(set(urls) - fetched)  # nothing lost
+    assert stats.done == len(fetched)
+
+
+async def test_runners_share_one_slot_pool(redis) -> None:
+    from crawler.slots import Slots
+
+    slots = Slots(3)
+    peak = 0
+
+    async def run_one(prefix: str) -> None:
+        engine = ScriptedEngine(ok)
+        orig = engine.fetch
+
+        async def fetch(url: str) -> FetchResult:
+            nonlocal peak
+            peak = max(peak, slots.used)
+            await asyncio.sleep(0.001)
+            return await orig(url)
+
+        engine.fetch = fetch  # type: ignore[method-assign]
+        runner = BatchRunner(engine, AsyncRateLimiter(redis, LimiterConfig()),
+                             RunnerOptions(concurrency=3), slots=slots)
+        await runner.run(batches([f"http://{prefix}{i}.test/" for i in range(30)]),
+                         ResultStore(redis, prefix))
+
+    await asyncio.gather(run_one("a"), run_one("b"), run_one("c"))
+    assert peak == 3  # three batches, never more than the process's 3 slots in flight
+    assert slots.used == 0
