@@ -90,7 +90,7 @@ async def crawl(
     try:
         await check_redis(client, settings.redis_url)
         store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)
-        limiter = AsyncRateLimiter(client, settings.limiter_config())
+        limiter = AsyncRateLimiter(client, settings.limiter_config(settings.key_prefix))
         async with make_engine(settings.mode, settings.fetch_config()) as engine:
             runner = BatchRunner(engine, limiter, runner_options(settings))
             if on_start is not None:

@@ -20,16 +20,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from crawler.engines.config import DEFAULT_USER_AGENT, FetchConfig
 from crawler.errors import ConfigError
-from crawler.ratelimit import LimiterConfig
-from crawler.retry import RetryPolicy
+from crawler.options import CrawlOptions
 
 DEFAULT_CONFIG_PATH = Path("config/crawler.toml")
-MiB = 1024 * 1024
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, CrawlOptions):
     """Everything a crawl, a worker or the CLI can be told. Immutable once loaded."""
 
     model_config = SettingsConfigDict(
@@ -44,47 +41,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     key_prefix: str = Field("crawler", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
-    # Engine choice and concurrency
-    mode: Literal["async", "threads"] = "async"
-    concurrency: int = Field(100, ge=1, le=10_000)
-    limit_per_host: int = Field(0, ge=0, le=10_000)
-
-    # Rate limits (shared through Redis)
-    qps: float = Field(0.0, ge=0, le=1_000_000)
-    burst: int = Field(0, ge=0, le=1_000_000)
-    per_host_qps: float = Field(0.0, ge=0, le=1_000_000)
-    per_host_burst: int = Field(0, ge=0, le=1_000_000)
-    host_horizon: float = Field(0.05, gt=0, le=60)
-    global_horizon: float = Field(2.0, gt=0, le=600)
-    limiter_scope: str = Field("global", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    penalty_base: float = Field(1.0, gt=0, le=3600)
-    penalty_cap: float = Field(300.0, gt=0, le=86_400)
-    slowdown_cap: float = Field(16.0, ge=1, le=1024)
-    slowdown_half_life: float = Field(60.0, gt=0, le=86_400)
-
-    # Fetching
-    timeout: float = Field(30.0, gt=0, le=3600)
-    connect_timeout: float = Field(10.0, gt=0, le=3600)
-    read_timeout: float = Field(20.0, gt=0, le=3600)
-    retries: int = Field(3, ge=0, le=20)
-    retry_backoff: float = Field(0.5, ge=0, le=3600)
-    retry_backoff_cap: float = Field(30.0, ge=0, le=3600)
-    retry_after_cap: float = Field(120.0, ge=0, le=86_400)
-    max_bytes: int = Field(10 * MiB, ge=1, le=1024 * MiB)
-    max_redirects: int = Field(10, ge=0, le=100)
-    user_agent: str = Field(DEFAULT_USER_AGENT, min_length=1, max_length=512)
-    headers: dict[str, str] = Field(default_factory=dict)
-    insecure: bool = False
-    allow_private_networks: bool = False
-    allowed_networks: list[str] = Field(default_factory=list)
-    dns_ttl: int = Field(300, ge=0, le=86_400)
-    keepalive_timeout: float = Field(30.0, ge=0, le=3600)
-
-    # Results
-    store_body: bool = False
-    body_store_max_bytes: int = Field(1 * MiB, ge=1, le=64 * MiB)
-
-    # Process
+    # Process (the crawl options come from CrawlOptions)
     worker_name: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -99,72 +56,9 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported URL scheme {scheme!r} (expected redis://, rediss://)")
         return v
 
-    @field_validator("allowed_networks")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        import ipaddress
-
-        for net in v:
-            ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
-        return v
-
-    @field_validator("headers")
-    @classmethod
-    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
-                raise ValueError(f"invalid header {name!r}")
-        return v
-
     @property
     def effective_broker_url(self) -> str | None:
         return self.broker_url or self.redis_url
-
-    def fetch_config(self) -> FetchConfig:
-        """The engine's view of these settings."""
-        return FetchConfig(
-            concurrency=self.concurrency,
-            limit_per_host=self.limit_per_host,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_bytes=self.max_bytes,
-            max_redirects=self.max_redirects,
-            user_agent=self.user_agent,
-            headers=tuple(sorted(self.headers.items())),
-            verify_tls=not self.insecure,
-            allow_private_networks=self.allow_private_networks,
-            allowed_networks=tuple(self.allowed_networks),
-            dns_ttl=self.dns_ttl,
-            keepalive_timeout=self.keepalive_timeout,
-            keep_body=self.store_body,
-        )
-
-    def limiter_config(self) -> LimiterConfig:
-        """The shared limiter's view of these settings."""
-        return LimiterConfig(
-            qps=self.qps,
-            burst=self.burst,
-            per_host_qps=self.per_host_qps,
-            per_host_burst=self.per_host_burst,
-            host_horizon=self.host_horizon,
-            global_horizon=self.global_horizon,
-            prefix=self.key_prefix,
-            scope=self.limiter_scope,
-            penalty_base=self.penalty_base,
-            penalty_cap=self.penalty_cap,
-            retry_after_cap=self.retry_after_cap,
-            slowdown_cap=self.slowdown_cap,
-            slowdown_half_life=self.slowdown_half_life,
-        )
-
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            retries=self.retries,
-            backoff=self.retry_backoff,
-            backoff_cap=self.retry_backoff_cap,
-            retry_after_cap=self.retry_after_cap,
-        )
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
