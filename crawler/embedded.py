@@ -6,16 +6,16 @@ run on an in-process fakeredis, so `crawler crawl` needs no server.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from crawler.backend import check_redis, redis_client
 from crawler.engines import make_engine
 from crawler.export import Format, export
+from crawler.feed import claimed_batches
 from crawler.jobs import new_job_id
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
@@ -53,27 +53,6 @@ def runner_options(settings: Settings) -> RunnerOptions:
     )
 
 
-async def claimed_batches(
-    urls: Iterator[str], store: ResultStore, intake: IntakeStats
-) -> AsyncIterator[list[str]]:
-    """Reads URLs in a thread (stdin may block) and yields the ones new to the job."""
-    loop = asyncio.get_running_loop()
-
-    def next_batch() -> list[str]:
-        batch = []
-        for url in urls:
-            batch.append(url)
-            if len(batch) >= INTAKE_BATCH:
-                break
-        return batch
-
-    while batch := await loop.run_in_executor(None, next_batch):
-        fresh = await store.claim(batch)
-        intake.duplicates += len(batch) - len(fresh)
-        if fresh:
-            yield fresh
-
-
 async def crawl(
     urls: Iterator[str],
     settings: Settings,
@@ -95,7 +74,7 @@ async def crawl(
             runner = BatchRunner(engine, limiter, runner_options(settings))
             if on_start is not None:
                 on_start(runner)
-            stats = await runner.run(claimed_batches(urls, store, intake), store)
+            stats = await runner.run(claimed_batches(urls, store, intake, INTAKE_BATCH), store)
         await store.add_counter("rejected", intake.rejected)
         summary = CrawlSummary(store.job_id, stats, intake, store_calls=store.calls)
         if out is not None:

@@ -1,17 +1,52 @@
-"""Jobs: identity now; the stored spec and states (queued, running, ...) come with the workers."""
+"""Jobs: identity, stored spec, batches and states, shared by the CLI, the API and workers.
+
+States: queued -> running -> finished, with paused <-> running/queued and cancelled at any
+point before finished. Every transition that races with workers is one Lua script
+(`lua/job_*.lua`), so pause/resume/cancel never lose or strand a batch.
+
+Keys (besides the results store's, see `crawler.store`):
+
+    {prefix}:jobs                 sorted set: job id by creation time (ms)
+    {prefix}:job:{id}:meta        hash: state, spec (JSON), created, started, finished,
+                                  submitted (1 when every batch is enqueued), batches
+    {prefix}:job:{id}:batch:<n>   list: the URLs of batch n, deleted when it is done
+    {prefix}:job:{id}:parked      set: batch numbers held while the job is paused
+    {prefix}:job:{id}:workers     hash: worker name -> last seen (ms)
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from crawler.errors import InputError, JobNotFound
+from crawler.keys import job_key, jobs_index
+from crawler.store import ResultStore, fields_from_counters
 
 _ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l/o/u: readable aloud, no look-alikes
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
+TERMINAL = frozenset({JobState.FINISHED, JobState.CANCELLED})
+
+
 def new_job_id() -> str:
-    """A short printable id, unique across machines: 8 chars of time, 6 of randomness."""
+    """A short printable id, unique across machines: milliseconds, then 30 random bits."""
     n = (int(time.time() * 1000) << 30) | int.from_bytes(os.urandom(4), "big") >> 2
     out = []
     while n:
@@ -20,5 +55,176 @@ def new_job_id() -> str:
     return "".join(reversed(out))
 
 
-def valid_job_id(job_id: str) -> bool:
-    return bool(JOB_ID_RE.match(job_id))
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise InputError(f"invalid job id {job_id!r}: use 1-64 letters, digits, '-' or '_'")
+    return job_id
+
+
+def _script(client: Any, name: str) -> Any:
+    return client.register_script(resources.files("crawler").joinpath(f"lua/{name}").read_text())
+
+
+@dataclass
+class JobStatus:
+    """Everything `crawler status` shows; `to_dict()` is its --json form."""
+
+    job_id: str
+    state: JobState
+    total: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    bytes: int = 0
+    rate_10s: float = 0.0
+    submitted: bool = False
+    batches: int = 0
+    created: int | None = None  # epoch ms
+    started: int | None = None
+    finished: int | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    workers: dict[str, int] = field(default_factory=dict)  # name -> last seen (epoch ms)
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return max(self.total - self.done - self.cancelled, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "spec"}
+        d["state"] = str(self.state)
+        d["pending"] = self.pending
+        return d
+
+
+class JobControl:
+    """Job state in Redis. Async: the CLI, the API facade and the workers all run a loop."""
+
+    def __init__(self, client: Any, prefix: str = "crawler") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._start = _script(client, "job_batch_start.lua")
+        self._end = _script(client, "job_batch_end.lua")
+        self._control = _script(client, "job_control.lua")
+
+    def key(self, job_id: str, name: str) -> str:
+        return job_key(self.prefix, job_id, name)
+
+    def store(self, job_id: str) -> ResultStore:
+        return ResultStore(self.client, job_id, prefix=self.prefix)
+
+    # --- producer side -------------------------------------------------------------------
+
+    async def create(self, job_id: str, spec: dict[str, Any]) -> None:
+        """Register a new job in state `queued`; an existing id is refused."""
+        now_ms = int(time.time() * 1000)
+        meta = self.key(job_id, "meta")
+        if not await self.client.hsetnx(meta, "state", str(JobState.QUEUED)):
+            raise InputError(f"job {job_id} already exists")
+        await self.client.hset(meta, mapping={
+            "spec": orjson.dumps(spec), "created": now_ms, "submitted": 0, "batches": 0})
+        await self.client.zadd(jobs_index(self.prefix), {job_id: now_ms})
+
+    def add_batch(self, pipe: Any, job_id: str, batch_no: int, urls: list[str]) -> None:
+        """Queue the commands storing one batch on `pipe` (the caller sends many at once)."""
+        pipe.rpush(self.key(job_id, f"batch:{batch_no}"), *urls)
+        pipe.hincrby(self.key(job_id, "meta"), "batches", 1)
+
+    async def mark_submitted(self, job_id: str, *, rejected: int) -> None:
+        """Every batch is enqueued: from now on the job can finish."""
+        await self.client.hincrby(self.key(job_id, "counters"), "rejected", rejected)
+        await self.client.hset(self.key(job_id, "meta"), "submitted", 1)
+        # An empty job, or one whose batches all ended before this: finish it now.
+        await self._end(keys=self._batch_keys(job_id, -1), args=[-1])
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def spec(self, job_id: str) -> dict[str, Any]:
+        raw = await self.client.hget(self.key(job_id, "meta"), "spec")
+        if raw is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return dict(orjson.loads(raw))
+
+    async def status(self, job_id: str) -> JobStatus:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.key(job_id, "meta"))
+        pipe.hgetall(self.key(job_id, "counters"))
+        pipe.hgetall(self.key(job_id, "workers"))
+        meta_raw, counters_raw, workers_raw = await pipe.execute()
+        if not meta_raw:
+            raise JobNotFound(f"no job {job_id!r}")
+        meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
+        c = {k.decode(): int(v) for k, v in counters_raw.items()}
+
+        def opt_int(name: str) -> int | None:
+            return int(meta[name]) if name in meta else None
+
+        return JobStatus(
+            job_id=job_id, state=JobState(meta["state"]),
+            total=c.get("total", 0), done=c.get("done", 0), ok=c.get("ok", 0),
+            failed=c.get("failed", 0), cancelled=c.get("cancelled", 0),
+            rejected=c.get("rejected", 0), duplicates=c.get("duplicates", 0),
+            bytes=c.get("bytes", 0), rate_10s=await self.store(job_id).recent_rate(10),
+            submitted=meta.get("submitted") == "1", batches=int(meta.get("batches", 0)),
+            created=opt_int("created"), started=opt_int("started"), finished=opt_int("finished"),
+            errors=fields_from_counters(c, "error"), statuses=fields_from_counters(c, "status"),
+            workers={k.decode(): int(v) for k, v in workers_raw.items()},
+            spec=orjson.loads(meta["spec"]) if "spec" in meta else {},
+        )
+
+    async def recent(self, limit: int = 20) -> list[JobStatus]:
+        ids = await self.client.zrevrange(jobs_index(self.prefix), 0, limit - 1)
+        out = []
+        for raw in ids:
+            try:
+                out.append(await self.status(raw.decode()))
+            except JobNotFound:  # its keys were purged; the index entry is stale
+                continue
+        return out
+
+    # --- control ----------------------------------------------------------------------------
+
+    async def control(self, job_id: str, op: str) -> tuple[JobState, JobState, list[int]]:
+        """pause / resume / cancel. Returns (state after, state before, batches to enqueue)."""
+        parked: list[int] = []
+        if op == "cancel":
+            parked = [int(n) for n in await self.client.smembers(self.key(job_id, "parked"))]
+        keys = [self.key(job_id, n) for n in ("meta", "parked", "counters")]
+        keys += [self.key(job_id, f"batch:{n}") for n in parked]
+        reply = await self._control(keys=keys, args=[op, *parked])
+        after, before = reply[0].decode(), reply[1].decode()
+        if after == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if op == "cancel" and await self.client.scard(self.key(job_id, "parked")):
+            return await self.control(job_id, op)  # a batch parked meanwhile: clean it too
+        return JobState(after), JobState(before or after), [int(n) for n in reply[2:]]
+
+    # --- worker side ----------------------------------------------------------------------
+
+    def _batch_keys(self, job_id: str, batch_no: int) -> list[str]:
+        return [self.key(job_id, n) for n in ("meta", "parked", f"batch:{batch_no}", "counters")]
+
+    async def batch_start(self, job_id: str, batch_no: int, worker: str) -> str:
+        keys = [*self._batch_keys(job_id, batch_no), self.key(job_id, "workers")]
+        return (await self._start(keys=keys, args=[batch_no, worker])).decode()
+
+    async def batch_urls(self, job_id: str, batch_no: int) -> list[str]:
+        return [u.decode() for u in await self.client.lrange(
+            self.key(job_id, f"batch:{batch_no}"), 0, -1)]
+
+    async def batch_end(self, job_id: str, batch_no: int, leftover: list[str]) -> str:
+        """Hand back a batch: 'done', 'parked', 'cancelled' or 'requeue' (send it again)."""
+        reply = await self._end(keys=self._batch_keys(job_id, batch_no),
+                                args=[batch_no, *leftover])
+        return reply.decode()
+
+    async def current_states(self, job_ids: list[str]) -> dict[str, str | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.key(job_id, "meta"), "state")
+        states = await pipe.execute()
+        return {j: s.decode() if s else None for j, s in zip(job_ids, states, strict=True)}

@@ -154,6 +154,7 @@ class _Run:
         self.wake = asyncio.Event()
         self.out: asyncio.Queue[PendingRecord | None] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.sleeping: dict[asyncio.Task[None], Work] = {}  # granted, waiting for their slot
         self.failure: BaseException | None = None
 
     async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
@@ -193,9 +194,13 @@ class _Run:
 
     async def _drain_for_stop(self, source: AsyncIterator[Sequence[str]], exhausted: bool) -> None:
         """Let in-flight fetches land and collect every URL that was not started."""
+        left = [w.url for w in self.sleeping.values()]  # reserved slots are simply not used
+        for task in self.sleeping:
+            task.cancel()
+        self.sleeping.clear()
         while self.inflight:
             await self._sleep_until_event()
-        left = [w.url for w in self.ready]
+        left += [w.url for w in self.ready]
         left += [w.url for parked in self.parked.values() for w in parked]
         left += [item.url for _, _, item in self.timers if isinstance(item, Work)]
         self.pending -= len(left)  # what remains pending are records still being written
@@ -257,10 +262,13 @@ class _Run:
         self.stats.inflight = self.inflight
         task = asyncio.create_task(self._fetch(w, wait))
         self.tasks.add(task)
+        if wait > 0:
+            self.sleeping[task] = w
         task.add_done_callback(self._fetch_done)
 
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        self.sleeping.pop(task, None)
         self.inflight -= 1
         self.r.slots.release()
         self.stats.inflight = self.inflight
@@ -271,6 +279,7 @@ class _Run:
     async def _fetch(self, w: Work, wait: float) -> None:
         if wait > 0:
             await asyncio.sleep(wait)
+            self.sleeping.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         res = await self.r.engine.fetch(w.url)
         w.attempts += 1
         if wants_penalty(res):

@@ -24,6 +24,8 @@ from crawler.errors import ConfigError
 from crawler.options import CrawlOptions
 
 DEFAULT_CONFIG_PATH = Path("config/crawler.toml")
+# Workers and `submit` need a real Redis; with none configured they use the usual local one.
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings, CrawlOptions):
@@ -59,6 +61,15 @@ class Settings(BaseSettings, CrawlOptions):
     @property
     def effective_broker_url(self) -> str | None:
         return self.broker_url or self.redis_url
+
+    @property
+    def shared_redis_url(self) -> str:
+        """The Redis of the distributed mode: CRAWLER_REDIS_URL, else the local default one."""
+        return self.redis_url or LOCAL_REDIS
+
+    @property
+    def shared_broker_url(self) -> str:
+        return self.broker_url or self.shared_redis_url
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
@@ -136,6 +147,16 @@ def load_settings(
         raise ConfigError(f"cannot read settings{where}: {first_line(str(exc))}") from None
     finally:
         _config_path_var.reset(token)
+
+
+def job_options(base: CrawlOptions, overrides: dict[str, Any]) -> CrawlOptions:
+    """`base`'s crawl options with some replaced, validated (ConfigError on a bad value)."""
+    if not overrides:
+        return base
+    try:
+        return CrawlOptions.model_validate({**base.job_spec(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, None)) from None
 
 
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:

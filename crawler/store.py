@@ -9,6 +9,7 @@ also on Redis Cluster):
     {prefix}:job:{id}:counters  hash: total, duplicates, rejected, done, ok, failed, bytes,
                                 error:<class>, status:<Nxx>
     {prefix}:job:{id}:bodies    hash digest -> zlib-compressed body (only with --store-body)
+    {prefix}:job:{id}:rate      records per second, a 64-slot ring (status: rate of last 10 s)
 
 Digests are 16-byte BLAKE2b of the canonical URL: a fixed, small member size whatever the
 URL length (about 60 bytes per URL in Redis instead of the URL itself).
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from crawler.keys import job_key
 from crawler.records import Record, status_class
 
 EXPORT_PAGE = 1000  # stream entries per XRANGE page: constant memory, few round trips
@@ -33,10 +35,6 @@ EXPORT_PAGE = 1000  # stream entries per XRANGE page: constant memory, few round
 
 def url_digest(url: str) -> bytes:
     return hashlib.blake2b(url.encode(), digest_size=16).digest()
-
-
-def job_key(prefix: str, job_id: str, name: str) -> str:
-    return f"{prefix}:job:{{{job_id}}}:{name}"
 
 
 @dataclass(slots=True)
@@ -56,7 +54,7 @@ class ResultStore:
         self.job_id = job_id
         self.prefix = prefix
         self.keys = {n: job_key(prefix, job_id, n) for n in (
-            "queued", "seen", "results", "counters", "bodies")}
+            "queued", "seen", "results", "counters", "bodies", "rate")}
         source = resources.files("crawler").joinpath("lua/store_records.lua").read_text()
         self._write_script = client.register_script(source)
         self.calls = 0  # Redis round trips made by write(): reported by the benchmark
@@ -96,13 +94,31 @@ class ResultStore:
                 rec.bytes,
                 zlib.compress(item.body, 6) if item.body is not None else b"",
             ]
-        keys = [self.keys[n] for n in ("seen", "results", "counters", "bodies")]
+        keys = [self.keys[n] for n in ("seen", "results", "counters", "bodies", "rate")]
         self.calls += 1
         return int(await self._write_script(keys=keys, args=args))
 
     async def counters(self) -> dict[str, int]:
         raw = await self.client.hgetall(self.keys["counters"])
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def unrecorded(self, urls: Sequence[str]) -> list[str]:
+        """The URLs that have no record yet: a redelivered batch fetches only what is missing."""
+        if not urls:
+            return []
+        seen = await self.client.smismember(self.keys["seen"], [url_digest(u) for u in urls])
+        return [u for u, s in zip(urls, seen, strict=True) if not s]
+
+    async def recent_rate(self, seconds: int = 10) -> float:
+        """Records per second over the last `seconds` whole seconds, from the rate ring."""
+        ring = await self.client.hgetall(self.keys["rate"])
+        now = int((await self.client.time())[0])
+        total = 0
+        for slot in range(64):
+            t = ring.get(f"t{slot}".encode())
+            if t is not None and now - seconds <= int(t) < now:
+                total += int(ring.get(f"n{slot}".encode(), 0))
+        return total / seconds
 
     async def body(self, url: str) -> bytes | None:
         raw = await self.client.hget(self.keys["bodies"], url_digest(url))

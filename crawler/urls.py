@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +47,7 @@ __all__ = [
     "InvalidURL",
     "RejectReason",
     "Rejected",
+    "accept_urls",
     "canonicalize",
     "iter_urls",
     "mask_userinfo",
@@ -287,8 +288,21 @@ def iter_urls(
         yield from _iter_stream(source, stats)
 
 
+def accept_urls(urls: Iterable[str], stats: IntakeStats) -> Iterator[str]:
+    """The same intake for URLs given as Python strings (the API's `submit(urls)`)."""
+    lines = (
+        (n, u.encode("utf-8", "surrogatepass"), len(u) <= _READ_LIMIT)
+        for n, u in enumerate(urls, 1)
+    )
+    return _accept(lines, stats)
+
+
 def _iter_stream(stream: BinaryIO | TextIO, stats: IntakeStats) -> Iterator[str]:
-    for lineno, line, complete in _physical_lines(stream):
+    return _accept(_physical_lines(stream), stats)
+
+
+def _accept(lines: Iterable[tuple[int, bytes, bool]], stats: IntakeStats) -> Iterator[str]:
+    for lineno, line, complete in lines:
         stats.lines += 1
         if lineno == 1:
             line = line.removeprefix(_UTF8_BOM)

@@ -237,3 +237,23 @@ async def test_runners_share_one_slot_pool(redis) -> None:
     await asyncio.gather(run_one("a"), run_one("b"), run_one("c"))
     assert peak == 3  # three batches, never more than the process's 3 slots in flight
     assert slots.used == 0
+
+
+async def test_stop_cancels_granted_fetches_still_waiting_for_their_slot(redis) -> None:
+    # At 50/s with a 2 s horizon, up to 100 slots are reserved ahead: a stop must not
+    # let them all run (a pause would take 2 s to bite).
+    urls = [f"http://h{i}.test/" for i in range(300)]
+    engine, runner, store = make(redis, limiter=LimiterConfig(qps=50), concurrency=100)
+
+    def stop_at_five(url: str, attempt: int) -> FetchResult:
+        if sum(len(v) for v in engine.calls.values()) == 5:
+            runner.stop("pause")
+        return ok(url, attempt)
+
+    engine.script = stop_at_five
+    await runner.run(batches(urls), store)
+    fetched = {u for u, calls in engine.calls.items() if calls}
+    assert len(fetched) <= 6  # the one in flight at most lands after the stop
+    assert sorted(runner.leftover) == sorted(set(urls) - fetched)
+    assert set(await records(store)) == fetched
+    assert runner.slots.used == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_USER_AGENT = "crawler/0.1 (+https://github.com/crawler/crawler)"
 
@@ -28,4 +28,3 @@ class FetchConfig:
     dns_ttl: int = 300  # seconds a resolved (and checked) address is reused
     keepalive_timeout: float = 30.0  # seconds an idle connection stays open for reuse
     keep_body: bool = False  # return the decoded body in FetchResult.body
-    extra: dict[str, str] = field(default_factory=dict)

@@ -8,11 +8,13 @@
 -- KEYS[2]  results       {prefix}:job:{id}:results   (stream; field r = record JSON)
 -- KEYS[3]  counters      {prefix}:job:{id}:counters  (hash)
 -- KEYS[4]  bodies        {prefix}:job:{id}:bodies    (hash digest -> zlib body)
+-- KEYS[5]  rate          {prefix}:job:{id}:rate      (hash: a 64-slot ring of records per
+--                        second, fields t<slot> = the second, n<slot> = records written in it)
 -- ARGV[1]  n, the number of records
 -- ARGV[2..] per record, 7 values: digest, json, ok (1/0), error class or "",
 --           status class ("2xx".."5xx" or "none"), decoded bytes, compressed body or ""
 -- Returns   the number of records written (the others were duplicates).
--- Clock     none.
+-- Clock     Redis TIME, only to bucket the rate ring (status shows the rate of the last 10 s).
 local n = tonumber(ARGV[1])
 local written = 0
 local ok, failed, bytes = 0, 0, 0
@@ -38,5 +40,12 @@ if written > 0 then
   redis.call('HINCRBY', KEYS[3], 'failed', failed)
   redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
   for k, v in pairs(by) do redis.call('HINCRBY', KEYS[3], k, v) end
+  local sec = tonumber(redis.call('TIME')[1])
+  local slot = sec % 64
+  if redis.call('HGET', KEYS[5], 't' .. slot) == string.format('%d', sec) then
+    redis.call('HINCRBY', KEYS[5], 'n' .. slot, written)
+  else
+    redis.call('HSET', KEYS[5], 't' .. slot, string.format('%d', sec), 'n' .. slot, written)
+  end
 end
 return written

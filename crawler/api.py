@@ -1,0 +1,175 @@
+"""The Python API of the distributed mode; the CLI is a thin layer over it.
+
+    from crawler import Crawler
+    with Crawler(redis_url="redis://127.0.0.1:6379/0") as c:
+        job = c.submit(["https://example.org/"], qps=5)
+        c.wait(job)
+        for record in c.results(job):
+            ...
+
+`AsyncCrawler` is the same for asyncio code; `Crawler` runs it on a private event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from crawler.backend import check_redis, redis_client
+from crawler.broker import check_broker, send_batches
+from crawler.feed import claimed_batches
+from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
+from crawler.options import CrawlOptions
+from crawler.settings import Settings, job_options, load_settings
+from crawler.urls import IntakeStats, accept_urls
+
+DEFAULT_BATCH_SIZE = 500  # URLs per task: amortises Celery's ~1 ms per task, small enough to share
+WAIT_POLL = 0.5  # s between status reads while waiting for a job
+
+
+class AsyncCrawler:
+    """Submit, watch and control jobs run by `crawler worker` processes."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.client = redis_client(self.settings.shared_redis_url)
+        self.jobs = JobControl(self.client, self.settings.key_prefix)
+        self._checked = False
+
+    async def _ready(self) -> None:
+        if not self._checked:
+            await check_redis(self.client, self.settings.shared_redis_url)
+            self._checked = True
+
+    async def submit_canonical(
+        self,
+        urls: Iterator[str],
+        *,
+        options: CrawlOptions | None = None,
+        job_id: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        intake: IntakeStats | None = None,
+    ) -> str:
+        """Store the job and enqueue its batches; `urls` are already canonical (see urls.py)."""
+        await self._ready()
+        spec = (options or self.settings).job_spec()
+        broker = self.settings.shared_broker_url
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, check_broker, broker)  # before any state is written
+        job_id = check_job_id(job_id) if job_id else new_job_id()
+        intake = intake or IntakeStats()
+        await self.jobs.create(job_id, spec)
+        store = self.jobs.store(job_id)
+        batch_no = 0
+        async for batch in claimed_batches(urls, store, intake, batch_size):
+            pipe = self.client.pipeline(transaction=False)
+            self.jobs.add_batch(pipe, job_id, batch_no, batch)
+            await pipe.execute()
+            send_batches(broker, job_id, [batch_no])
+            batch_no += 1
+        await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
+        return job_id
+
+    async def submit(self, urls: Iterable[str], *, job_id: str | None = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> str:
+        """Submit raw URL strings (validated and canonicalized like a URL file)."""
+        opts = job_options(self.settings, options)
+        return await self.submit_canonical(
+            accept_urls(urls, IntakeStats()), options=opts, job_id=job_id, batch_size=batch_size)
+
+    async def status(self, job_id: str) -> JobStatus:
+        await self._ready()
+        return await self.jobs.status(job_id)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Until the job is finished or cancelled; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = await self.status(job_id)
+            if st.state in TERMINAL:
+                return st
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {st.state}")
+            await asyncio.sleep(WAIT_POLL)
+
+    async def results(self, job_id: str, *, errors_only: bool = False
+                      ) -> AsyncIterator[dict[str, Any]]:
+        await self.status(job_id)  # JobNotFound for an unknown id
+        async for rec in self.jobs.store(job_id).iter_records(errors_only=errors_only):
+            yield rec
+
+    async def control(self, job_id: str, op: str) -> JobState:
+        """'pause', 'resume' or 'cancel'; returns the state after."""
+        await self._ready()
+        after, _before, requeue = await self.jobs.control(job_id, op)
+        if requeue:
+            send_batches(self.settings.shared_broker_url, job_id, requeue)
+        return after
+
+    async def recent(self, limit: int = 20) -> list[JobStatus]:
+        await self._ready()
+        return await self.jobs.recent(limit)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Crawler:
+    """Blocking twin of `AsyncCrawler` for scripts and notebooks."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self._runner = asyncio.Runner()
+        self._async = self._run(_make(settings, overrides))
+
+    def _run(self, coro: Any) -> Any:
+        return self._runner.run(coro)
+
+    def submit(self, urls: Iterable[str], **kwargs: Any) -> str:
+        return str(self._run(self._async.submit(urls, **kwargs)))
+
+    def status(self, job_id: str) -> JobStatus:
+        return self._run(self._async.status(job_id))  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        return self._run(self._async.wait(job_id, timeout))  # type: ignore[no-any-return]
+
+    def results(self, job_id: str, *, errors_only: bool = False) -> Iterator[dict[str, Any]]:
+        agen = self._async.results(job_id, errors_only=errors_only)
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def cancel(self, job_id: str) -> JobState:
+        return self._run(self._async.control(job_id, "cancel"))  # type: ignore[no-any-return]
+
+    def pause(self, job_id: str) -> JobState:
+        return self._run(self._async.control(job_id, "pause"))  # type: ignore[no-any-return]
+
+    def resume(self, job_id: str) -> JobState:
+        return self._run(self._async.control(job_id, "resume"))  # type: ignore[no-any-return]
+
+    def jobs(self, limit: int = 20) -> list[JobStatus]:
+        return self._run(self._async.recent(limit))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._run(self._async.aclose())
+        self._runner.close()
+
+    def __enter__(self) -> Crawler:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+async def _make(settings: Settings | None, overrides: dict[str, Any]) -> AsyncCrawler:
+    return AsyncCrawler(settings, **overrides)  # the redis client binds to the runner's loop

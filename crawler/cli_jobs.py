@@ -1,0 +1,242 @@
+"""The distributed commands: worker, submit, status, wait, results, cancel/pause/resume, jobs.
+
+Each parses, calls `crawler.api.AsyncCrawler`, prints. `worker` replaces this process with a
+Celery worker (the library never imports `workers`; it names it on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from crawler.api import DEFAULT_BATCH_SIZE, AsyncCrawler
+from crawler.broker import QUEUE
+from crawler.cli_common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_common_options,
+    add_crawl_options,
+    settings_from_args,
+)
+from crawler.export import export, format_for_path
+from crawler.jobs import TERMINAL, JobState, JobStatus
+from crawler.urls import IntakeStats, iter_urls, open_source
+
+EXIT_TIMEOUT = 1  # `wait`: the job did not end in time
+EXIT_CANCELLED = 3  # `wait`: the job was cancelled
+DEFAULT_BATCHES = 4  # batches in flight per worker process (Celery threads)
+WATCH_REFRESH = 0.5  # s between redraws of `status --watch`
+
+
+def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add the distributed commands to the `crawler` parser; returns name -> handler."""
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        add_common_options(p, default=argparse.SUPPRESS)
+        return p
+
+    w = command("worker", "start a Celery worker that fetches batches")
+    w.add_argument("--concurrency", type=int, help="in-flight requests in this process")
+    w.add_argument("--batches", type=int, default=DEFAULT_BATCHES,
+                   help=f"batches in flight in this process (default {DEFAULT_BATCHES})")
+    w.add_argument("--hostname", help="worker name shown in Flower and records")
+    w.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
+
+    s = command("submit", "enqueue a job for the workers; prints its id")
+    s.add_argument("source", metavar="FILE|-", help="one URL a line; '-' reads stdin")
+    s.add_argument("--job-id", help="name the job (default: a new short id)")
+    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"URLs per task (default {DEFAULT_BATCH_SIZE})")
+    add_crawl_options(s)
+
+    st = command("status", "show a job's progress")
+    st.add_argument("job")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--watch", action="store_true", help="live progress until the job ends")
+
+    wt = command("wait", "wait for a job: exit 0 finished, 3 cancelled, 1 timeout")
+    wt.add_argument("job")
+    wt.add_argument("--timeout", type=float, help="seconds (default: forever)")
+
+    r = command("results", "export a job's records")
+    r.add_argument("job")
+    r.add_argument("-o", "--output", help="write here (default stdout)")
+    r.add_argument("--format", choices=["jsonl", "csv"])
+    r.add_argument("--errors-only", action="store_true", help="only records that are not ok")
+
+    for op, text in (("cancel", "cancel a job (pending URLs are dropped and counted)"),
+                     ("pause", "pause a job (pending URLs are held)"),
+                     ("resume", "resume a paused job")):
+        command(op, text).add_argument("job")
+
+    j = command("jobs", "recent jobs, one line each")
+    j.add_argument("--limit", type=int, default=20)
+    return {
+        "worker": cmd_worker, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
+        "results": cmd_results, "cancel": cmd_control, "pause": cmd_control,
+        "resume": cmd_control, "jobs": cmd_jobs,
+    }
+
+
+def _with_crawler(args: argparse.Namespace, body: Callable[[AsyncCrawler], Any]) -> Any:
+    settings = settings_from_args(args)
+
+    async def go() -> Any:
+        crawler = AsyncCrawler(settings)
+        try:
+            return await body(crawler)
+        finally:
+            await crawler.aclose()
+
+    return asyncio.run(go())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)  # a bad setting fails here, not inside Celery
+    if args.batches < 1:
+        print("crawler: error: --batches must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    env = dict(os.environ)
+    env["CRAWLER_CONCURRENCY"] = str(settings.concurrency)
+    env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
+    env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
+    if args.config:
+        env["CRAWLER_CONFIG"] = args.config
+    if args.hostname:
+        env["CRAWLER_WORKER_NAME"] = args.hostname
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "threads",
+            "--concurrency", str(args.batches), "--queues", QUEUE, "--loglevel", args.loglevel,
+            "--task-events", "--without-gossip", "--without-mingle"]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)  # same pid: signals reach Celery directly
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    intake = IntakeStats()
+    if args.batch_size < 1:
+        print("crawler: error: --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    with open_source(args.source) as source:
+        job_id = _with_crawler(args, lambda c: c.submit_canonical(
+            iter_urls(source, intake), job_id=args.job_id, batch_size=args.batch_size,
+            intake=intake))
+    print(job_id)
+    if intake.rejected or intake.duplicates:
+        print(intake.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _with_crawler(args, lambda c: watch(c, args.job))  # type: ignore[no-any-return]
+    st: JobStatus = _with_crawler(args, lambda c: c.status(args.job))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(st.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+    else:
+        print(format_status(st))
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    try:
+        st: JobStatus = _with_crawler(args, lambda c: c.wait(args.job, args.timeout))
+    except TimeoutError as exc:
+        print(f"crawler: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_CANCELLED if st.state is JobState.CANCELLED else EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    fmt = format_for_path(args.output, args.format)
+    with contextlib.ExitStack() as stack:
+        out: IO[bytes] = (
+            stack.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+        )
+        _with_crawler(args, lambda c: export(
+            c.results(args.job, errors_only=args.errors_only), out, fmt))
+    return EXIT_OK
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    state = _with_crawler(args, lambda c: c.control(args.job, args.command))
+    print(f"job {args.job}: {state}")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    for st in _with_crawler(args, lambda c: c.recent(args.limit)):
+        print(f"{st.job_id}  {st.state:<9}  {st.done}/{st.total}  ok {st.ok}  failed "
+              f"{st.failed}  created {_when(st.created)}")
+    return EXIT_OK
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_status(st: JobStatus) -> str:
+    pct = 100.0 * (st.done + st.cancelled) / st.total if st.total else 100.0
+    now_ms = time.time() * 1000
+    workers = ", ".join(f"{w} ({max(0, (now_ms - t) / 1000):.0f} s ago)"
+                        for w, t in sorted(st.workers.items())) or "none yet"
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(st.errors.items())) or "none"
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(st.statuses.items())) or "none"
+    return "\n".join([
+        f"job {st.job_id}: {st.state}" + ("" if st.submitted else " (still being submitted)"),
+        f"  progress  {st.done}/{st.total} ({pct:.1f}%)  ok {st.ok}  failed {st.failed}  "
+        f"pending {st.pending}  cancelled {st.cancelled}",
+        f"  input     rejected {st.rejected}  duplicates {st.duplicates}",
+        f"  rate      {st.rate_10s:.1f}/s over the last 10 s",
+        f"  errors    {errors}",
+        f"  statuses  {statuses}",
+        f"  created   {_when(st.created)}  started {_when(st.started)}  "
+        f"finished {_when(st.finished)}",
+        f"  workers   {workers}",
+    ])
+
+
+async def watch(crawler: AsyncCrawler, job_id: str) -> int:
+    """A live bar with rate and ETA on a terminal; a line per refresh otherwise."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=False)
+    st = await crawler.status(job_id)
+    columns = (TextColumn(f"[bold]{job_id}"), TextColumn("{task.fields[state]:<9}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[rate]:>8.1f}/s  ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, auto_refresh=False,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task("job", total=max(st.total, 1), state=str(st.state), rate=0.0)
+        while True:
+            bar.update(task, total=max(st.total, 1), completed=st.done + st.cancelled,
+                       state=str(st.state), rate=st.rate_10s)
+            bar.refresh()
+            if not console.is_terminal:
+                print(f"{job_id} {st.state} {st.done}/{st.total} {st.rate_10s:.1f}/s", flush=True)
+            if st.state in TERMINAL:
+                break
+            await asyncio.sleep(WATCH_REFRESH)
+            st = await crawler.status(job_id)
+    print(format_status(st))
+    return EXIT_OK

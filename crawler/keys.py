@@ -1,0 +1,14 @@
+"""Redis key names, in one place. Every key of a job carries the hash tag `{<job id>}`, so the
+scripts that touch several of them run unchanged on Redis Cluster (one slot per job)."""
+
+from __future__ import annotations
+
+
+def job_key(prefix: str, job_id: str, name: str) -> str:
+    """`{prefix}:job:{<id>}:<name>`: meta, batch:<n>, parked, queued, seen, results, ..."""
+    return f"{prefix}:job:{{{job_id}}}:{name}"
+
+
+def jobs_index(prefix: str) -> str:
+    """Sorted set of every job id by creation time (ms): `crawler jobs` reads it."""
+    return f"{prefix}:jobs"
