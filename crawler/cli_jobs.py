@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
+from celery.utils.nodenames import host_format
 
 from crawler.api import DEFAULT_BATCH_SIZE, AsyncCrawler
 from crawler.broker import QUEUE
@@ -112,8 +113,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
     if args.config:
         env["CRAWLER_CONFIG"] = args.config
-    if args.hostname:
-        env["CRAWLER_WORKER_NAME"] = args.hostname
+    if args.hostname:  # the name records carry: Celery's %h/%n/%d expanded the same way
+        env["CRAWLER_WORKER_NAME"] = host_format(args.hostname)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "threads",
             "--concurrency", str(args.batches), "--queues", QUEUE, "--loglevel", args.loglevel,
             "--task-events", "--without-gossip", "--without-mingle"]

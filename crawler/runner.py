@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from crawler.engines.base import Engine
-from crawler.ratelimit import AsyncRateLimiter, Decision
+from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
 from crawler.records import FetchResult, Record, status_class
 from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
 from crawler.slots import Slots
@@ -66,6 +66,7 @@ class RunStats:
     deferred_host: int = 0
     deferred_global: int = 0
     limiter_calls: int = 0
+    late_slots: int = 0  # granted slots given up because the process woke too late
     written: int = 0
     inflight: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -88,6 +89,22 @@ class RunnerOptions:
     host_interval: float = 0.0  # s, configured per-host interval: when to re-ask a parked host
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
+
+
+MIN_LATENESS = 0.002  # s: below this, ordinary timer jitter would drop slots needlessly
+MAX_LATENESS = 0.02  # s: above this, a late request could bunch with several others
+
+
+def lateness_allowance(config: LimiterConfig) -> float | None:
+    """How late a granted request may start before it gives its slot up (None: no limit).
+
+    Half the tightest interval keeps arrivals within R*W + B + 1 for any window W (a late
+    request never lands within half an interval of the next slot), clamped to [2, 20] ms.
+    """
+    intervals = [1.0 / q for q in (config.qps, config.per_host_qps) if q > 0]
+    if not intervals:
+        return None
+    return min(max(min(intervals) / 2, MIN_LATENESS), MAX_LATENESS)
 
 
 def host_of(url: str) -> str:
@@ -156,6 +173,7 @@ class _Run:
         self.tasks: set[asyncio.Task[None]] = set()
         self.sleeping: dict[asyncio.Task[None], Work] = {}  # granted, waiting for their slot
         self.failure: BaseException | None = None
+        self.lateness = lateness_allowance(runner.limiter.config)
 
     async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
         writer = asyncio.create_task(self._writer())
@@ -278,8 +296,15 @@ class _Run:
 
     async def _fetch(self, w: Work, wait: float) -> None:
         if wait > 0:
+            due = self.loop.time() + wait
             await asyncio.sleep(wait)
             self.sleeping.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if self.lateness is not None and self.loop.time() - due > self.lateness:
+                # Woken too late (a busy machine): going now could bunch with the next slot
+                # holder. Give the slot up and ask again; politeness before throughput.
+                self.stats.late_slots += 1
+                self.ready.appendleft(w)
+                return
         res = await self.r.engine.fetch(w.url)
         w.attempts += 1
         if wants_penalty(res):

@@ -257,3 +257,39 @@ async def test_stop_cancels_granted_fetches_still_waiting_for_their_slot(redis) 
     assert sorted(runner.leftover) == sorted(set(urls) - fetched)
     assert set(await records(store)) == fetched
     assert runner.slots.used == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param(LimiterConfig(), None, id="no-limits"),
+        pytest.param(LimiterConfig(qps=50), 0.01, id="half-interval"),
+        pytest.param(LimiterConfig(qps=10_000), 0.002, id="floor"),
+        pytest.param(LimiterConfig(qps=1), 0.02, id="cap"),
+        pytest.param(LimiterConfig(qps=10, per_host_qps=100), 0.005, id="tightest-interval"),
+    ],
+)
+def test_lateness_allowance(config: LimiterConfig, expected: float | None) -> None:
+    from crawler.runner import lateness_allowance
+
+    assert lateness_allowance(config) == expected
+
+
+async def test_a_late_wake_up_gives_the_slot_up(redis, monkeypatch) -> None:
+    engine, runner, store = make(redis, limiter=LimiterConfig(qps=100), concurrency=5)
+    real_sleep = asyncio.sleep
+    stalled = False
+
+    async def stalling_sleep(delay: float) -> None:
+        nonlocal stalled
+        await real_sleep(delay)
+        if delay > 0 and not stalled:  # the first timed wait wakes 50 ms late
+            stalled = True
+            time.sleep(0.05)
+
+    monkeypatch.setattr("crawler.runner.asyncio.sleep", stalling_sleep)
+    urls = [f"http://h.test/{i}" for i in range(5)]
+    stats = await runner.run(batches(urls), store)
+    assert stats.late_slots >= 1
+    assert set(await records(store)) == set(urls)  # nothing lost: it asked again
+    assert all(len(engine.calls[u]) == 1 for u in urls)

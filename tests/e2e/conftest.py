@@ -1,0 +1,119 @@
+"""End-to-end fixtures: a redis-server, three `crawler worker` processes, local HTTP servers.
+
+Everything is started as a user would: real processes on loopback, nothing mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from httpserver import HTTPServer, serve_many
+from redisserver import RedisServer
+
+from crawler.broker import producer_app
+
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+WORKERS = 3
+WORKER_CONCURRENCY = 50
+READY_TIMEOUT = 60.0
+
+
+def crawler_env(redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLER_")}
+    env["CRAWLER_REDIS_URL"] = redis_url
+    return env
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition that no event announces (another process's state) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Cluster:
+    """Worker processes started with `crawler worker`, and a way to talk to them."""
+
+    def __init__(self, redis_url: str, logdir: Path) -> None:
+        self.redis_url = redis_url
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_worker(self, name: str, concurrency: int = WORKER_CONCURRENCY) -> None:
+        with open(self.logdir / f"{name}.log", "wb") as log:  # the child keeps its own fd
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "crawler", "worker", "--hostname", name,
+                 "--concurrency", str(concurrency), "--loglevel", "INFO"],
+                env=crawler_env(self.redis_url), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, names: list[str]) -> None:
+        """Every named worker answers a Celery control ping (a real round trip)."""
+        app = producer_app(self.redis_url)
+        pending = set(names)
+
+        def answered() -> bool:
+            for reply in app.control.ping(timeout=0.5) or []:
+                pending.difference_update(reply)
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker {name} exited: {self.log(name)[-2000:]}")
+            return not pending
+
+        wait_until(answered, READY_TIMEOUT, f"workers {sorted(pending)}")
+
+    def log(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="package")
+def e2e_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def cluster(e2e_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(e2e_redis.url, tmp_path_factory.mktemp("workers"))
+    names = [f"w{i}@e2e" for i in range(1, WORKERS + 1)]
+    try:
+        for name in names:
+            c.start_worker(name)
+        c.wait_ready(names)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="package")
+def sites() -> Iterator[list[HTTPServer]]:
+    with serve_many(HOSTS) as servers:
+        yield servers
+
+
+@pytest.fixture
+def clean_sites(sites: list[HTTPServer]) -> list[HTTPServer]:
+    for s in sites:
+        s.clear()
+    return sites
