@@ -1,0 +1,1 @@
+"""Rerunnable benchmarks of the crawler against a local static site (see bench/README.md)."""

@@ -1,0 +1,126 @@
+"""Child processes for the benchmark: run one measured, read a server's CPU, run a redis-server.
+
+A contender's CPU time and peak RSS come from `os.wait4` on that exact child, so nothing
+else on the machine (the site, Redis, the harness) is charged to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.site import HOST, free_port, stop, wait_listening
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What one child did: exit status, output, and its own resource usage."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall: float  # s from spawn to exit, interpreter start-up and imports included
+    cpu: float  # s, user + system
+    maxrss_kib: int
+    timed_out: bool
+
+
+def run_measured(
+    cmd: Sequence[str], *, env: dict[str, str], cwd: Path, tmp: Path, timeout: float
+) -> Finished:
+    """Run cmd to completion (killed after timeout s) and measure it with wait4."""
+    out_path, err_path = tmp / "child.out", tmp / "child.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            # Files, not pipes: nothing to drain, so wait4 can reap it and keep its rusage.
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not
+    return Finished(
+        returncode=proc.returncode,
+        stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+        wall=wall,
+        cpu=ru.ru_utime + ru.ru_stime,
+        maxrss_kib=ru.ru_maxrss,
+        timed_out=killed.is_set(),
+    )
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on; comm may hold spaces
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and its direct children (nginx master + worker); 0 off Linux."""
+    total = 0.0
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        f = _stat(int(entry.name))
+        if f is not None and (int(entry.name) == pid or int(f[1]) == pid):
+            total += (int(f[11]) + int(f[12])) / CLK_TCK  # utime, stime
+    return total
+
+
+@dataclass(frozen=True)
+class Redis:
+    url: str
+    pid: int
+    version: str
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            client.flushall()
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[Redis | None]:
+    """A private redis-server on a free loopback port (never 6379); None if not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    data = tmp / "redis"
+    data.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(data), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc, "redis-server")
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        short = next((w[2:] for w in version.split() if w.startswith("v=")), "?")
+        yield Redis(f"redis://{HOST}:{port}/0", proc.pid, short)
+    finally:
+        stop(proc)
