@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from crawler import loops
 from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
 from crawler.feed import claimed_batches
@@ -121,7 +122,7 @@ class Crawler:
     """Blocking twin of `AsyncCrawler` for scripts and notebooks."""
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        self._runner = asyncio.Runner()
+        self._runner = loops.runner()
         self._async = self._run(_make(settings, overrides))
 
     def _run(self, coro: Any) -> Any:

@@ -6,17 +6,17 @@ No crawling logic lives here. Every user mistake ends as one line on stderr and 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from typing import IO, Any
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crawler import __version__, cli_jobs
+from crawler import __version__, cli_jobs, loops
 from crawler.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default from -o's extension, else jsonl)")
     c.add_argument("--job-id", help="name the job (default: a new short id)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    c.add_argument("--stats-json", metavar="FILE", help="also write the summary as JSON here")
     add_crawl_options(c)
     COMMANDS.update(cli_jobs.register(sub))
     return p
@@ -67,12 +68,30 @@ def cmd_crawl(args: argparse.Namespace) -> int:
             Progress(enabled=not args.no_progress and sys.stderr.isatty())
         )
         urls: Iterator[str] = iter_urls(source, intake)
-        summary = asyncio.run(crawl(
+        summary = loops.run(crawl(
             urls, settings, intake=intake, out=out, fmt=fmt, job_id=args.job_id,
             on_start=progress.attach,
         ))
     print_summary(summary, args.output)
+    if args.stats_json:
+        with open(args.stats_json, "wb") as f:
+            f.write(orjson.dumps(summary_dict(summary), option=orjson.OPT_INDENT_2))
     return EXIT_OK
+
+
+def summary_dict(s: CrawlSummary) -> dict[str, Any]:
+    """The machine-readable summary (`--stats-json`): benchmarks and scripts read it."""
+    st = s.stats
+    return {
+        "job": s.job_id, "done": st.done, "ok": st.ok, "failed": st.failed, "bytes": st.bytes,
+        "elapsed_s": round(st.elapsed, 4), "pages_per_s": round(st.rate, 1),
+        "retries": st.retries, "penalties": st.penalties, "limiter_calls": st.limiter_calls,
+        "store_calls": st.store_calls, "late_slots": st.late_slots,
+        "errors": dict(st.errors), "statuses": dict(st.statuses), "exported": s.exported,
+        "intake": {"lines": s.intake.lines, "accepted": s.intake.accepted,
+                   "rejected": s.intake.rejected, "duplicates": s.intake.duplicates},
+        "event_loop": loops.LOOP_NAME,
+    }
 
 
 def print_summary(s: CrawlSummary, output: str | None) -> None:

@@ -19,6 +19,7 @@ from typing import IO, Any
 import orjson
 from celery.utils.nodenames import host_format
 
+from crawler import loops
 from crawler.api import DEFAULT_BATCH_SIZE, AsyncCrawler
 from crawler.broker import QUEUE
 from crawler.cli_common import (
@@ -99,7 +100,7 @@ def _with_crawler(args: argparse.Namespace, body: Callable[[AsyncCrawler], Any])
         finally:
             await crawler.aclose()
 
-    return asyncio.run(go())
+    return loops.run(go())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ also on Redis Cluster):
 
     {prefix}:job:{id}:queued    set of URL digests accepted for the job (dedupe at intake)
     {prefix}:job:{id}:seen      set of URL digests that have a record (idempotent writes)
-    {prefix}:job:{id}:results   stream, one entry per URL in completion order (field r = JSON)
+    {prefix}:job:{id}:results   stream in completion order, one entry per write batch
+                                (field r = the batch's records as JSON lines)
     {prefix}:job:{id}:counters  hash: total, duplicates, rejected, done, ok, failed, bytes,
                                 error:<class>, status:<Nxx>
     {prefix}:job:{id}:bodies    hash digest -> zlib-compressed body (only with --store-body)
@@ -30,7 +31,10 @@ from redis.asyncio import Redis
 from crawler.keys import job_key
 from crawler.records import Record, status_class
 
-EXPORT_PAGE = 1000  # stream entries per XRANGE page: constant memory, few round trips
+WRITE_MAX = 500  # records per store round trip (and per stream entry)
+# Stream entries per XRANGE page. An entry holds one write batch (up to WRITE_MAX records),
+# so a page is at most 20 x 500 records in memory.
+EXPORT_PAGE = 20
 
 
 def url_digest(url: str) -> bytes:
@@ -132,10 +136,11 @@ class ResultStore:
             if not page:
                 return
             for _entry_id, fields in page:
-                rec = orjson.loads(fields[b"r"])
-                if errors_only and rec.get("ok"):
-                    continue
-                yield rec
+                for line in fields[b"r"].split(b"\n"):
+                    rec = orjson.loads(line)
+                    if errors_only and rec.get("ok"):
+                        continue
+                    yield rec
             last = page[-1][0].decode()
             start = "(" + last
             if len(page) < EXPORT_PAGE:

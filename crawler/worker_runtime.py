@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crawler import loops
 from crawler.backend import redis_client
 from crawler.broker import send_batches
 from crawler.engines import make_engine
@@ -57,7 +58,7 @@ class WorkerRuntime:
         self.settings = settings
         self.name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.batch_time_limit = batch_time_limit
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.new_loop()
         self._thread = threading.Thread(target=self._serve, name="crawler-loop", daemon=True)
         self._ready = threading.Event()
         self._thread.start()

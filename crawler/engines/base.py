@@ -164,13 +164,15 @@ def classify_own(exc: BaseException) -> tuple[ErrorClass, str] | None:
 class Attempt:
     """The state of one fetch: the current hop, redirects, the clock; builds the result."""
 
-    def __init__(self, url: str, config: FetchConfig, guard: Guard) -> None:
+    def __init__(
+        self, url: str, config: FetchConfig, guard: Guard, headers: dict[str, str]
+    ) -> None:
         self.url = url
         self.hop = url
         self.config = config
         self.guard = guard
         self.redirects = 0
-        self.headers = build_headers(config)
+        self.headers = headers  # shared and never mutated: follow() replaces it
         self.started = time.perf_counter()
         self.deadline = time.monotonic() + config.timeout
 
@@ -257,9 +259,10 @@ class Engine(abc.ABC):
             allowed_networks=config.allowed_networks,
             cache_ttl=config.dns_ttl if self.guard_caches_dns else 0,
         )
+        self.headers = build_headers(config)  # the same for every first hop: built once
 
     def attempt(self, url: str) -> Attempt:
-        return Attempt(url, self.config, self.guard)
+        return Attempt(url, self.config, self.guard, self.headers)
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -3,9 +3,11 @@
 -- Idempotent: a URL whose digest is already in the job's `seen` set is skipped, so a batch
 -- that runs twice (a redelivered task, a retried flush) never adds a second record or
 -- double-counts. Counters are updated in the same script, so they always match the stream.
+-- Cheap per record: one SMISMEMBER, one SADD and ONE stream entry per call (its `r` field
+-- holds the new records as JSON lines), whatever the batch size.
 --
 -- KEYS[1]  seen set      {prefix}:job:{id}:seen      (16-byte URL digests)
--- KEYS[2]  results       {prefix}:job:{id}:results   (stream; field r = record JSON)
+-- KEYS[2]  results       {prefix}:job:{id}:results   (stream; field r = JSON lines)
 -- KEYS[3]  counters      {prefix}:job:{id}:counters  (hash)
 -- KEYS[4]  bodies        {prefix}:job:{id}:bodies    (hash digest -> zlib body)
 -- KEYS[5]  rate          {prefix}:job:{id}:rate      (hash: a 64-slot ring of records per
@@ -16,36 +18,47 @@
 -- Returns   the number of records written (the others were duplicates).
 -- Clock     Redis TIME, only to bucket the rate ring (status shows the rate of the last 10 s).
 local n = tonumber(ARGV[1])
-local written = 0
+if n == 0 then return 0 end
+local digests = {}
+for i = 0, n - 1 do digests[i + 1] = ARGV[2 + i * 7] end
+local seen = redis.call('SMISMEMBER', KEYS[1], unpack(digests))
+local fresh, lines, bodies, taken = {}, {}, {}, {}
 local ok, failed, bytes = 0, 0, 0
 local by = {}
 for i = 0, n - 1 do
   local b = 2 + i * 7
   local digest = ARGV[b]
-  if redis.call('SADD', KEYS[1], digest) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'r', ARGV[b + 1])
-    written = written + 1
+  if seen[i + 1] == 0 and not taken[digest] then
+    taken[digest] = true
+    fresh[#fresh + 1] = digest
+    lines[#lines + 1] = ARGV[b + 1]
     if ARGV[b + 2] == '1' then ok = ok + 1 else failed = failed + 1 end
     local err = ARGV[b + 3]
     if err ~= '' then by['error:' .. err] = (by['error:' .. err] or 0) + 1 end
     local sc = 'status:' .. ARGV[b + 4]
     by[sc] = (by[sc] or 0) + 1
     bytes = bytes + tonumber(ARGV[b + 5])
-    if ARGV[b + 6] ~= '' then redis.call('HSET', KEYS[4], digest, ARGV[b + 6]) end
+    if ARGV[b + 6] ~= '' then
+      bodies[#bodies + 1] = digest
+      bodies[#bodies + 1] = ARGV[b + 6]
+    end
   end
 end
-if written > 0 then
-  redis.call('HINCRBY', KEYS[3], 'done', written)
-  redis.call('HINCRBY', KEYS[3], 'ok', ok)
-  redis.call('HINCRBY', KEYS[3], 'failed', failed)
-  redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
-  for k, v in pairs(by) do redis.call('HINCRBY', KEYS[3], k, v) end
-  local sec = tonumber(redis.call('TIME')[1])
-  local slot = sec % 64
-  if redis.call('HGET', KEYS[5], 't' .. slot) == string.format('%d', sec) then
-    redis.call('HINCRBY', KEYS[5], 'n' .. slot, written)
-  else
-    redis.call('HSET', KEYS[5], 't' .. slot, string.format('%d', sec), 'n' .. slot, written)
-  end
+local written = #fresh
+if written == 0 then return 0 end
+redis.call('SADD', KEYS[1], unpack(fresh))
+redis.call('XADD', KEYS[2], '*', 'r', table.concat(lines, '\n'))
+if #bodies > 0 then redis.call('HSET', KEYS[4], unpack(bodies)) end
+redis.call('HINCRBY', KEYS[3], 'done', written)
+redis.call('HINCRBY', KEYS[3], 'ok', ok)
+redis.call('HINCRBY', KEYS[3], 'failed', failed)
+redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
+for k, v in pairs(by) do redis.call('HINCRBY', KEYS[3], k, v) end
+local sec = tonumber(redis.call('TIME')[1])
+local slot = sec % 64
+if redis.call('HGET', KEYS[5], 't' .. slot) == string.format('%d', sec) then
+  redis.call('HINCRBY', KEYS[5], 'n' .. slot, written)
+else
+  redis.call('HSET', KEYS[5], 't' .. slot, string.format('%d', sec), 'n' .. slot, written)
 end
 return written

@@ -92,3 +92,4 @@ def test_flower_lists_workers_and_job_tasks(
     with pytest.raises(urllib.error.HTTPError) as info:
         get(flower + "/api/workers", auth=None)
     assert info.value.code == 401
+    info.value.close()
