@@ -20,6 +20,9 @@ Choices worth knowing:
   resolved, query arguments sorted, spaces become ``%20`` in the path and ``+`` in the query,
   ``%xx`` upper-cased (or decoded when unreserved), fragment dropped.
 * A raw line is at most `MAX_URL_LENGTH` bytes after stripping, and so is the canonical form.
+* Speed: a URL already in simple canonical form (``http://127.0.0.1:8080/page/1``,
+  ``https://www.example.com/a?x=1&y=2``) is recognised by one regex and returned without
+  w3lib, ~15-25x faster; tests check with hypothesis that both paths always agree.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import pairwise
 from typing import BinaryIO, TextIO
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -150,15 +152,15 @@ def canonicalize(raw: str) -> str:
 
 
 def _query_is_sorted(query: str) -> bool:
-    """Whether w3lib's sort would keep this `_FAST_URL` query's ``key=value`` fields in order.
+    """Whether w3lib's sort would keep the ``key=value`` fields of a `_FAST_URL` query in order.
 
     w3lib sorts ``(unquote_plus(key), unquote_plus(value))`` pairs as bytes. In the fast
     alphabet unquoting only maps "+" to " ", and both sort below every other allowed
-    character, so comparing the raw ASCII strings gives the same order; every field has
-    exactly one "=", so a ``(key, "=", value)`` triple compares like the pair.
+    character, so the raw ASCII strings sort alike. Every field has exactly one "=", and
+    ``key + "\\0" + value`` sorts like the pair because NUL sorts below every character.
     """
-    fields = [field.partition("=") for field in query.split("&")]
-    return all(a <= b for a, b in pairwise(fields))
+    fields = query.replace("=", "\0").split("&")
+    return fields == sorted(fields)
 
 
 def _canonicalize_slow(raw: str) -> str:

@@ -6,7 +6,7 @@ import contextlib
 import io
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -421,6 +421,157 @@ def test_iter_urls_agrees_with_canonicalize(lines: list[str]) -> None:
         with contextlib.suppress(InvalidURL):
             expected.append(canonicalize(line))
     assert got == expected
+
+
+# --- fast path: must agree with the slow path on every input -----------------------------
+
+def outcome(canon: Callable[[str], str], raw: str) -> str | RejectReason:
+    try:
+        return canon(raw)
+    except InvalidURL as exc:
+        return exc.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://127.0.0.1:8080/page/123", "http://127.0.0.1:8080/page/123"),
+        ("https://www.example.com/a/b?x=1&y=2", "https://www.example.com/a/b?x=1&y=2"),
+        ("http://example.com", "http://example.com/"),
+        ("https://example.com?a+b=1&b=", "https://example.com/?a+b=1&b="),
+        ("http://my_host-1.example.com:65535/~u/a.b/!$&'()*+,=:@/", None),
+        ("http://example.com/.well-known/..x/a../", None),
+        ("https://example.com:80//a//b/", None),
+        ("http://a?a=1&a-=1", "http://a/?a=1&a-=1"),  # tuple order, not string order
+    ],
+)
+def test_fast_path_takes_common_canonical_urls(
+    raw: str, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = urls._canonicalize_slow(raw)
+    assert slow == (expected or raw)
+
+    def no_slow_path(raw: str) -> str:
+        raise AssertionError(f"slow path taken for {raw!r}")
+
+    monkeypatch.setattr(urls, "_canonicalize_slow", no_slow_path)
+    assert canonicalize(raw) == slow
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "HTTP://example.com/", "http://Example.com/", "http://example.com:80/",
+        "https://example.com:443/", "http://example.com:080/", "http://example.com:/",
+        "http://example.com:0/", "http://example.com:65536/", "http://example.com/%2F",
+        "http://example.com/%41", "http://example.com/a/../b", "http://example.com/./a",
+        "http://example.com/a/..", "http://example.com/a/.", "http://example.com/?",
+        "http://example.com/#", "http://example.com/a#f", "http://example.com/a;p",
+        "http://example.com/?b=1&a=2", "http://example.com/?a", "http://example.com/?a=1=2",
+        "http://example.com/?a=1&&b=2", "http://example.com/?a=%20", "http://example.com/?u=/x",
+        "http://xn--bcher-kva.de/", "http://xn--zz.com/", "http://b\u00fccher.de/",
+        "http://1.2.3.999/", "http://01.2.3.4/", "http://1.2.3/", "http://123/",
+        "http://1.2.3.4.5/", "http://example.com./", "http://a..b/", "http://u@example.com/",
+        "http://@example.com/", "http://" + "a" * 64 + ".com/", "http://" + "a." * 127 + "aa/",
+        "http://example.com/a b", "http://example.com/[x]", "http://example.com/a|b",
+        " http://example.com/ ", "http://example.com/\u00e9", "http://[::1]/",
+        "http://example.com/" + "a" * (MAX_URL_LENGTH - 19), "http://example.com" + "/" * 2031,
+    ],
+)
+def test_near_misses_agree_with_slow_path(raw: str) -> None:
+    assert outcome(canonicalize, raw) == outcome(urls._canonicalize_slow, raw)
+
+
+# URL-like strings for fast == slow: each component is drawn from the fast-path grammar, and
+# zero, one or two components are replaced by a near miss: a token the fast path must notice
+# inserted into a canonical component (anywhere, or at its start or end), or a whole
+# non-canonical spelling.
+_GOOD_LABELS = st.sampled_from(
+    ["a", "www", "example", "com", "b-c", "my_host", "-a", "a-", "_", "ab--cd", "x1", "1e",
+     "0x7f", "0", "09", "255", "xn", "a" * 61, "a" * 62, "a" * 63]
+)
+_GOOD_OCTETS = st.sampled_from(["0", "1", "9", "10", "99", "100", "199", "200", "249", "255"])
+_GOOD = {
+    "scheme": st.sampled_from(["http://", "https://"]),
+    "userinfo": st.just(""),
+    "host": st.one_of(
+        st.lists(_GOOD_LABELS, min_size=1, max_size=5).map(".".join),
+        st.lists(_GOOD_OCTETS, min_size=4, max_size=4).map(".".join),
+        # around the 253-character limit
+        st.lists(st.sampled_from(["a" * 61, "a" * 62, "a" * 63, "b", "bc"]), min_size=4,
+                 max_size=5).map(".".join),
+    ),
+    "port": st.one_of(st.just(""), st.integers(1, 65_535).map(":{}".format)),
+    "path": st.one_of(st.just(""), st.lists(st.sampled_from(
+        ["", "a", "page", "123", "A", "...", ".well-known", "..a", "a.", "a..", "~u", "-_",
+         "!$&'()*+,=:@"]), min_size=1, max_size=6).map(lambda s: "/" + "/".join(s))),
+    "query": st.one_of(st.just(""), st.lists(st.tuples(*[st.sampled_from(
+        ["", "a", "b", "x", "1", "2", "a+b", "a-", "a.", "A", "_", "~", "+"])] * 2),
+        min_size=1, max_size=4,
+    ).map(lambda pairs: "?" + "&".join("=".join(p) for p in sorted(pairs)))),
+    "fragment": st.just(""),
+}
+_NEAR_MISS_TOKENS = {
+    "scheme": ["HTTP", "H", "s", "x", ":", "/", "+"],
+    "userinfo": ["u@", "u:p@", "@", ":@"],
+    "host": ["A", "X", "xn--", "-", ".", "..", "_", "%41", "%", "\u00fc", "\u00df", "0", "00",
+             "9", "256", "a" * 63, ":", "[", "]", " ", "@", "\\", "1.2.3.4", ".1", "xn--zz."],
+    "port": [":", ":80", ":443", ":0", ":080", ":65536", ":99999", ":+1", ":a", "0", "9"],
+    "path": ["%2F", "%41", "%2e", "%", "..", ".", "/..", "/.", "/./", "/../", ";", ";p", "[",
+             "]", "|", "\\", " ", "\u00e9", "?", "\"", "{", "^", "`", "<", "//", "#", "\t"],
+    "query": ["%20", "%41", "%2B", "%", "=", "&", "&&", "?", ",", "/", ";", "'", "*", " ",
+              "\u00e9", "#", "a", "+", "~", "-", "&a=", "&z=", "&=", "&a", "[", "|"],
+    "fragment": ["#", "#f", "#a#b"],
+}
+_NEAR_MISS_SPELLINGS = {
+    "scheme": ["HTTP://", "Https://", "ftp://", "http:/", "http:", "//", "http:///", ""],
+    "userinfo": ["u@", "u:p@", "@"],
+    "host": ["", "EXAMPLE.COM", "example.com.", "xn--bcher-kva.de", "xn--zz.com", "b\u00fccher.de",
+             "[::1]", "[::0:1]", "1.2.3", "123", "1.2.3.4.5", "01.2.3.4", "1.2.3.256", "0x7f.1",
+             "a" * 64 + ".com", ".".join(["a" * 63] * 4), "a..b"],
+    "port": [":", ":80", ":443", ":0", ":080", ":0443", ":65536", ":99999", ":+1", ":a"],
+    "path": ["/a/../b", "/./a", "/a/.", "/a/..", "/..", "/.", "/%2e%2e/a", "/a;", "/a;p", "/;"],
+    "query": ["?", "?a", "?a=1=2", "?&a=1", "?a=1&", "?b=1&a=1", "?a=1&a-=1", "?a-=1&a=1",
+              "?a=2&a=1", "?a+b=1&a=1", "?a=1&a+b=1"],
+    "fragment": ["#", "#f"],
+}
+
+
+_WEIGHTED_PARTS = ["scheme", "userinfo", "fragment"] + ["host", "port", "path", "query"] * 3
+
+
+@st.composite
+def _near_miss(draw: st.DrawFn, part: str) -> str:
+    if draw(st.booleans()):
+        return draw(st.sampled_from(_NEAR_MISS_SPELLINGS[part]))
+    text = draw(_GOOD[part]) or {"query": "?a=1", "path": "/"}.get(part, "")
+    start = 1 if text[:1] in ("?", ":") else 0  # keep the token inside a query or a port
+    at = draw(st.one_of(st.integers(start, len(text)), st.sampled_from([start, len(text)])))
+    return text[:at] + draw(st.sampled_from(_NEAR_MISS_TOKENS[part])) + text[at:]
+
+
+@st.composite
+def fast_url_like(draw: st.DrawFn) -> str:
+    how_many = draw(st.sampled_from([0, 0, 1, 1, 1, 2]))
+    broken = draw(st.lists(st.sampled_from(_WEIGHTED_PARTS), min_size=how_many, max_size=how_many))
+    url = "".join(draw(_near_miss(part) if part in broken else _GOOD[part]) for part in _GOOD)
+    target = draw(st.sampled_from([None] * 8 + [2046, 2047, 2048, 2049]))
+    if target is not None and len(url) < target:  # lengthen the path or the last value
+        url = (url + ("a" if "?" in url or url.endswith("/") else "/a") * target)[:target]
+    space = draw(st.sampled_from(["", "", "", "", "", " ", "\t", "\n"]))
+    return space + url + space
+
+
+@given(fast_url_like())
+@settings(max_examples=3000)
+def test_fast_path_agrees_with_slow_path(raw: str) -> None:
+    assert outcome(canonicalize, raw) == outcome(urls._canonicalize_slow, raw)
+
+
+@given(st.one_of(url_like, st.text(alphabet="htps:/.?&=%#@_-+~a1A\u00e9 ", max_size=40)))
+@settings(max_examples=1000)
+def test_fast_path_agrees_with_slow_path_on_any_text(raw: str) -> None:
+    assert outcome(canonicalize, raw) == outcome(urls._canonicalize_slow, raw)
 
 
 # --- streaming ------------------------------------------------------------------------------
