@@ -165,6 +165,9 @@ def _norm(host: str) -> str:
 # --- the guard -------------------------------------------------------------------------------
 
 
+LITERAL_CACHE_MAX = 4096  # hosts whose literal check is memoised (cleared when full)
+
+
 class Guard:
     """Resolves through a Resolver and keeps only the addresses the policy allows.
 
@@ -186,6 +189,9 @@ class Guard:
         self.cache_ttl = cache_ttl
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._lock = threading.Lock()
+        # Host string -> verdict of check_literal. The policy is fixed for the Guard's life,
+        # so a verdict never goes stale; parsing an address per fetch showed in profiles.
+        self._literals: dict[str, str | BlockedAddress | None] = {}
 
     def blocked(self, ip: str | IPAddress) -> bool:
         return is_blocked(
@@ -194,6 +200,21 @@ class Guard:
 
     def check_literal(self, host: str) -> str | None:
         """The checked address if `host` is an IP literal, None for a name (resolve it)."""
+        try:
+            verdict = self._literals[host]
+        except KeyError:
+            try:
+                verdict = self._check_literal(host)
+            except BlockedAddress as exc:
+                verdict = exc
+            if len(self._literals) >= LITERAL_CACHE_MAX:
+                self._literals.clear()
+            self._literals[host] = verdict
+        if isinstance(verdict, BlockedAddress):
+            raise BlockedAddress(*verdict.args)
+        return verdict
+
+    def _check_literal(self, host: str) -> str | None:
         addr = ip_literal(host)
         if addr is None:
             return None

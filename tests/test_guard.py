@@ -162,3 +162,14 @@ async def test_aiohttp_adapter_returns_checked_addresses() -> None:
     with pytest.raises(BlockedAddress):
         await strict.resolve("two.test", 443)
     await adapter.close()
+
+
+def test_literal_verdicts_are_memoised_and_still_raise() -> None:
+    from crawler.guard import BlockedAddress, Guard, StaticResolver
+
+    guard = Guard(StaticResolver({}), allow_private=False)
+    for _ in range(3):  # the cached verdict behaves exactly like the first one
+        with pytest.raises(BlockedAddress, match="--allow-private-networks"):
+            guard.check_literal("127.0.0.1")
+        assert guard.check_literal("8.8.8.8") == "8.8.8.8"
+        assert guard.check_literal("example.com") is None
