@@ -59,24 +59,19 @@ class ResultStore:
         self.prefix = prefix
         self.keys = {n: job_key(prefix, job_id, n) for n in (
             "queued", "seen", "results", "counters", "bodies", "rate")}
-        source = resources.files("crawler").joinpath("lua/store_records.lua").read_text()
-        self._write_script = client.register_script(source)
+        lua = resources.files("crawler").joinpath("lua")
+        self._write_script = client.register_script(lua.joinpath("store_records.lua").read_text())
+        self._claim_script = client.register_script(lua.joinpath("claim.lua").read_text())
         self.calls = 0  # Redis round trips made by write(): reported by the benchmark
 
     async def claim(self, urls: Sequence[str]) -> list[str]:
         """Accept URLs into the job, dropping ones accepted before. One round trip per call."""
         if not urls:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for url in urls:
-            pipe.sadd(self.keys["queued"], url_digest(url))
-        added = await pipe.execute()
-        fresh = [u for u, a in zip(urls, added, strict=True) if a]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(self.keys["counters"], "total", len(fresh))
-        pipe.hincrby(self.keys["counters"], "duplicates", len(urls) - len(fresh))
-        await pipe.execute()
-        return fresh
+        flags = await self._claim_script(
+            keys=[self.keys["queued"], self.keys["counters"]], args=[url_digest(u) for u in urls]
+        )
+        return [u for u, f in zip(urls, flags, strict=True) if f == ord("1")]
 
     async def add_counter(self, name: str, amount: int) -> None:
         await self.client.hincrby(self.keys["counters"], name, amount)

@@ -84,6 +84,15 @@ def test_thousand_urls_global_qps_exactly_once(
     st = orjson.loads(status.stdout)
     assert st["state"] == "finished" and st["done"] == 1000 and st["pending"] == 0
     assert len(st["workers"]) == 3
+    watched = cli(cluster, "status", job, "--watch")  # not a terminal: plain lines, then the end
+    assert watched.returncode == 0 and f"job {job}: finished" in watched.stdout.decode()
+    listed = cli(cluster, "jobs")
+    assert any(line.startswith(job) and "finished" in line
+               for line in listed.stdout.decode().splitlines())
+    csv_out = cli(cluster, "results", job, "--format", "csv", "--errors-only")
+    assert csv_out.stdout.decode().splitlines() == [
+        "url,final_url,status,ok,error,error_detail,attempts,elapsed_ms,bytes,content_type,"
+        "fetched_at,depth,worker,redirects,job,body_stored"]
 
 
 def test_per_host_limit_holds_while_hosts_proceed_in_parallel(
