@@ -396,3 +396,12 @@ def test_thread_engine_fetch_sync(http_server: HTTPServer) -> None:
     finally:
         engine.close_sync()
     assert res.status == 200
+
+
+async def test_async_body_shorter_than_its_content_length_is_a_connection_error() -> None:
+    import asyncio as _asyncio
+
+    from crawler.engines.aio import classify
+
+    error, _detail = classify(_asyncio.IncompleteReadError(b"abc", 10))
+    assert error == "connection"

@@ -11,7 +11,15 @@ from typing import ClassVar
 import aiohttp
 import certifi
 
-from crawler.engines.base import CHUNK, DRAIN_LIMIT, Attempt, Engine, classify_own, short_detail
+from crawler.engines.base import (
+    CHUNK,
+    DRAIN_LIMIT,
+    ORIGIN_BOUND_HEADERS,
+    Attempt,
+    Engine,
+    classify_own,
+    short_detail,
+)
 from crawler.engines.config import FetchConfig
 from crawler.guard import AiohttpGuardResolver, Resolver
 from crawler.records import ErrorClass, FetchResult
@@ -38,7 +46,8 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
         return ErrorClass.DNS, detail
     if isinstance(exc, (aiohttp.InvalidURL, ValueError)):  # yarl raises ValueError/UnicodeError
         return ErrorClass.INVALID_URL, detail
-    if isinstance(exc, (aiohttp.ClientError, OSError)):  # refused, reset, payload, disconnected
+    # refused, reset, payload, disconnected, a body shorter than its Content-Length
+    if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)):
         return ErrorClass.CONNECTION, detail
     log.warning("unexpected fetch error", exc_info=exc)
     return ErrorClass.CONNECTION, short_detail(f"unexpected {detail}")
@@ -53,6 +62,7 @@ class AioEngine(Engine):
         super().__init__(config, resolver=resolver)
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._bound: dict[str, str] | None = None
 
     async def start(self) -> None:
         if self._session is not None:
@@ -68,14 +78,24 @@ class AioEngine(Engine):
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # The total budget (all hops and the body) is fetch()'s asyncio.timeout: a second
+            # total timer per request here would only cost time.
             timeout=aiohttp.ClientTimeout(
-                total=c.timeout, sock_connect=c.connect_timeout, sock_read=c.read_timeout
+                total=None, sock_connect=c.connect_timeout, sock_read=c.read_timeout
             ),
+            # Sent with every request without a per-request merge; headers meant for the first
+            # origin only (Authorization, Cookie) are added per request, same-origin hops only.
+            headers={
+                k: v for k, v in self.headers.items() if k.lower() not in ORIGIN_BOUND_HEADERS
+            },
             auto_decompress=False,
             trust_env=False,  # no proxy from the environment: the guard checks the real peer
             cookie_jar=aiohttp.DummyCookieJar(),  # URLs of different jobs share no state
         )
         self._sem = asyncio.Semaphore(c.concurrency)
+        self._bound = {
+            k: v for k, v in self.headers.items() if k.lower() in ORIGIN_BOUND_HEADERS
+        } or None
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -100,12 +120,20 @@ class AioEngine(Engine):
     async def _fetch(self, session: aiohttp.ClientSession, attempt: Attempt) -> FetchResult:
         url = attempt.begin()
         while True:
-            async with session.get(url, headers=attempt.headers, allow_redirects=False) as resp:
+            # attempt.headers is replaced (without the origin-bound ones) after a cross-origin hop.
+            own = self._bound if attempt.headers is self.headers else None
+            async with session.get(url, headers=own, allow_redirects=False) as resp:
                 nxt = attempt.follow(resp.status, resp.headers.get("Location"))
                 if nxt is None:
                     body = attempt.decoder(resp.headers)
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        body.feed(chunk)
+                    length = resp.content_length
+                    if length is not None and length <= self.config.max_bytes:
+                        # Announced and within the cap: one read (aiohttp stops at the length);
+                        # the decoder still caps what a compressed body inflates to.
+                        body.feed(await resp.content.readexactly(length))
+                    else:
+                        async for chunk in resp.content.iter_chunked(CHUNK):
+                            body.feed(chunk)
                     body.finish()
                     return attempt.done(resp.status, resp.headers, body)
                 await _drain(resp)

@@ -16,6 +16,7 @@ Our own failure exceptions (mapped by `classify_own`, used by both engines):
 from __future__ import annotations
 
 import abc
+import functools
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -81,14 +82,23 @@ def check_url(url: str) -> str:
     host = parts.hostname or ""
     if not host:
         raise InvalidURL("URL has no host")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise InvalidURL(problem)
+    return host
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_problem(host: str) -> str | None:
+    """Why `host` cannot be fetched, or None. Memoised: a crawl asks about few hosts often."""
     if ip_literal(host) is None:
         if _NUMERIC_HOST.fullmatch(host):
-            raise InvalidURL(f"{host!r} is not a canonical IP address")
+            return f"{host!r} is not a canonical IP address"
         try:
             host.encode("idna")
-        except UnicodeError as exc:
-            raise InvalidURL(f"invalid host name {host!r}") from exc
-    return host
+        except UnicodeError:
+            return f"invalid host name {host!r}"
+    return None
 
 
 def next_url(current: str, location: str) -> str:
