@@ -108,13 +108,17 @@ class Record:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d.update(self.extra)
+        d = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        if self.extra:
+            d.update(self.extra)
         return d
 
     def to_json(self) -> builtins.bytes:
         return orjson.dumps(self.to_dict())
 
+
+# Field names in declaration order, computed once (to_dict runs for every record).
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "extra")
 
 # Column order for CSV export: the contract fields first, in the README's order.
 CSV_FIELDS = (

@@ -109,7 +109,17 @@ def lateness_allowance(config: LimiterConfig) -> float | None:
 
 
 def host_of(url: str) -> str:
-    return urlsplit(url).hostname or ""
+    """The host of a canonical URL (lower case, no userinfo, port or brackets).
+
+    String slicing, not urlsplit: this runs for every URL and intake already validated it.
+    """
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return urlsplit(url).hostname or ""
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")].lower()
+    return netloc.partition(":")[0].lower()
 
 
 class BatchRunner:

@@ -84,13 +84,11 @@ class ResultStore:
         for item in batch:
             rec = item.record
             rec.body_stored = item.body is not None
+            meta = f"{1 if rec.ok else 0} {status_class(rec.status)} {rec.bytes} {rec.error or ''}"
             args += [
                 url_digest(rec.url),
                 rec.to_json(),
-                1 if rec.ok else 0,
-                rec.error or "",
-                status_class(rec.status),
-                rec.bytes,
+                meta,
                 zlib.compress(item.body, 6) if item.body is not None else b"",
             ]
         keys = [self.keys[n] for n in ("seen", "results", "counters", "bodies", "rate")]

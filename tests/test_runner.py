@@ -293,3 +293,19 @@ async def test_a_late_wake_up_gives_the_slot_up(redis, monkeypatch) -> None:
     assert stats.late_slots >= 1
     assert set(await records(store)) == set(urls)  # nothing lost: it asked again
     assert all(len(engine.calls[u]) == 1 for u in urls)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a", "https://example.com:8443/a?b=c", "http://u:p@h.test/",
+        "http://[::1]:8080/x", "http://[2001:db8::1]/", "http://h.test?x=1", "http://H.Test/",
+        "http://127.0.0.1:80/", "mailto:x@y",
+    ],
+)
+def test_host_of_matches_urlsplit(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from crawler.runner import host_of
+
+    assert host_of(url) == (urlsplit(url).hostname or "")

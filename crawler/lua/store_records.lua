@@ -13,34 +13,34 @@
 -- KEYS[5]  rate          {prefix}:job:{id}:rate      (hash: a 64-slot ring of records per
 --                        second, fields t<slot> = the second, n<slot> = records written in it)
 -- ARGV[1]  n, the number of records
--- ARGV[2..] per record, 7 values: digest, json, ok (1/0), error class or "",
---           status class ("2xx".."5xx" or "none"), decoded bytes, compressed body or ""
+-- ARGV[2..] per record, 4 values: digest, json, meta, compressed body or "";
+--           meta = "<ok 1/0> <status class 2xx..5xx|none> <decoded bytes> [error class]"
+--           (one string, not four arguments: the client packs fewer values per record)
 -- Returns   the number of records written (the others were duplicates).
 -- Clock     Redis TIME, only to bucket the rate ring (status shows the rate of the last 10 s).
 local n = tonumber(ARGV[1])
 if n == 0 then return 0 end
 local digests = {}
-for i = 0, n - 1 do digests[i + 1] = ARGV[2 + i * 7] end
+for i = 0, n - 1 do digests[i + 1] = ARGV[2 + i * 4] end
 local seen = redis.call('SMISMEMBER', KEYS[1], unpack(digests))
 local fresh, lines, bodies, taken = {}, {}, {}, {}
 local ok, failed, bytes = 0, 0, 0
 local by = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 7
+  local b = 2 + i * 4
   local digest = ARGV[b]
   if seen[i + 1] == 0 and not taken[digest] then
     taken[digest] = true
     fresh[#fresh + 1] = digest
     lines[#lines + 1] = ARGV[b + 1]
-    if ARGV[b + 2] == '1' then ok = ok + 1 else failed = failed + 1 end
-    local err = ARGV[b + 3]
+    local okf, sc, nbytes, err = string.match(ARGV[b + 2], '^(%d) (%S+) (%d+) ?(%S*)$')
+    if okf == '1' then ok = ok + 1 else failed = failed + 1 end
     if err ~= '' then by['error:' .. err] = (by['error:' .. err] or 0) + 1 end
-    local sc = 'status:' .. ARGV[b + 4]
-    by[sc] = (by[sc] or 0) + 1
-    bytes = bytes + tonumber(ARGV[b + 5])
-    if ARGV[b + 6] ~= '' then
+    by['status:' .. sc] = (by['status:' .. sc] or 0) + 1
+    bytes = bytes + tonumber(nbytes)
+    if ARGV[b + 3] ~= '' then
       bodies[#bodies + 1] = digest
-      bodies[#bodies + 1] = ARGV[b + 6]
+      bodies[#bodies + 1] = ARGV[b + 3]
     end
   end
 end
