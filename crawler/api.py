@@ -27,7 +27,9 @@ from crawler.options import CrawlOptions
 from crawler.settings import Settings, job_options, load_settings
 from crawler.urls import IntakeStats, accept_urls
 
-DEFAULT_BATCH_SIZE = 500  # URLs per task: amortises Celery's ~1 ms per task, small enough to share
+# URLs per task: amortises Celery's ~1 ms per task and the batch's own start and end (measured:
+# one worker reaches 0.93 of the embedded crawl at 1,000, 0.84 at 500), small enough to share.
+DEFAULT_BATCH_SIZE = 1000
 WAIT_POLL = 0.5  # s between status reads while waiting for a job
 
 
