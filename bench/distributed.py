@@ -47,7 +47,7 @@ import psutil
 
 from bench import site
 from bench.contenders import crawler_command, ours
-from bench.procs import Redis, redis_server, run_measured, tree_cpu
+from bench.procs import Redis, cpu_model, git_revision, redis_server, run_measured, tree_cpu
 from bench.profile import read_stacks
 from bench.run import REPO, RESULTS, child_env, describe_failure, log, warm_up
 
@@ -659,11 +659,7 @@ def own_cpu() -> float:
 
 
 def machine_info(args: argparse.Namespace, srv: site.Site, redis: Redis) -> dict[str, str]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip() or "?"
+    model, git = cpu_model(), git_revision(REPO)
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPUs ({model}), {platform.platform()}",

@@ -7,6 +7,7 @@ else on the machine (the site, Redis, the harness) is charged to it.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import threading
@@ -32,6 +33,21 @@ class Finished:
     cpu: float  # s, user + system
     maxrss_kib: int
     timed_out: bool
+
+
+def cpu_model() -> str:
+    """The CPU's model name (benchmark reports say what they ran on)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor() or "?")
+
+
+def git_revision(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                          capture_output=True, text=True).stdout.strip() or "?"
 
 
 def run_measured(

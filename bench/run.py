@@ -23,7 +23,15 @@ from typing import Any
 
 from bench import report, site
 from bench.contenders import ALL, BY_NAME, Contender, ParseError, crawler_command
-from bench.procs import Finished, Redis, redis_server, run_measured, tree_cpu
+from bench.procs import (
+    Finished,
+    Redis,
+    cpu_model,
+    git_revision,
+    redis_server,
+    run_measured,
+    tree_cpu,
+)
 from bench.report import Sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,11 +123,7 @@ def warm_up(urlfile: Path, ctx: dict[str, Any]) -> None:
 def machine_info(
     args: argparse.Namespace, server: str, page_bytes: float, redis: Redis | None
 ) -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip() or "?"
+    model, git = cpu_model(), git_revision(REPO)
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPUs ({model}), {platform.platform()}",

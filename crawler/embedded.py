@@ -6,8 +6,6 @@ run on an in-process fakeredis, so `crawler crawl` needs no server.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -38,21 +36,6 @@ class CrawlSummary:
     store_calls: int = 0
 
 
-def worker_name(settings: Settings) -> str:
-    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def runner_options(settings: Settings) -> RunnerOptions:
-    return RunnerOptions(
-        concurrency=settings.concurrency,
-        policy=settings.retry_policy(),
-        worker=worker_name(settings),
-        host_interval=1.0 / settings.per_host_qps if settings.per_host_qps else 0.0,
-        body_store_max=settings.body_store_max_bytes if settings.store_body else None,
-        max_pending=max(10 * settings.concurrency, 10_000),
-    )
-
-
 async def crawl(
     urls: Iterator[str],
     settings: Settings,
@@ -71,7 +54,8 @@ async def crawl(
         store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)
         limiter = AsyncRateLimiter(client, settings.limiter_config(settings.key_prefix))
         async with make_engine(settings.mode, settings.fetch_config()) as engine:
-            runner = BatchRunner(engine, limiter, runner_options(settings))
+            runner = BatchRunner(engine, limiter, RunnerOptions.for_job(
+                settings, concurrency=settings.concurrency, worker=settings.worker_label))
             if on_start is not None:
                 on_start(runner)
             stats = await runner.run(claimed_batches(urls, store, intake, INTAKE_BATCH), store)

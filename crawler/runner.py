@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from crawler.engines.base import Engine
+from crawler.options import CrawlOptions
 from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
 from crawler.records import FetchResult, Record, status_class
 from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
@@ -91,21 +92,40 @@ class RunnerOptions:
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
 
+    @classmethod
+    def for_job(cls, options: CrawlOptions, *, concurrency: int, worker: str) -> RunnerOptions:
+        """The runner's view of a job's options, for a process with `concurrency` slots."""
+        return cls(
+            concurrency=concurrency,
+            policy=options.retry_policy(),
+            worker=worker,
+            host_interval=1.0 / options.per_host_qps if options.per_host_qps else 0.0,
+            body_store_max=options.body_store_max_bytes if options.store_body else None,
+            max_pending=max(10 * concurrency, 10_000),
+        )
+
 
 MIN_LATENESS = 0.002  # s: below this, ordinary timer jitter would drop slots needlessly
 MAX_LATENESS = 0.02  # s: above this, a late request could bunch with several others
 
 
+HOST_LATENESS = 0.003  # s: same-host gaps stay within a few ms of the per-host interval
+
+
 def lateness_allowance(config: LimiterConfig) -> float | None:
     """How late a granted request may start before it gives its slot up (None: no limit).
 
-    Half the tightest interval keeps arrivals within R*W + B + 1 for any window W (a late
-    request never lands within half an interval of the next slot), clamped to [2, 20] ms.
+    Global limit: half its interval, clamped to [2, 20] ms, keeps arrivals within R*W + B + 1
+    for any window W (a late request never lands within half an interval of the next slot).
+    Per-host limit: 3 ms, so two requests to one host are never closer than the interval
+    minus a few ms (a re-asked slot is cheap at per-host rates).
     """
-    intervals = [1.0 / q for q in (config.qps, config.per_host_qps) if q > 0]
-    if not intervals:
-        return None
-    return min(max(min(intervals) / 2, MIN_LATENESS), MAX_LATENESS)
+    allowances = []
+    if config.qps > 0:
+        allowances.append(min(max(0.5 / config.qps, MIN_LATENESS), MAX_LATENESS))
+    if config.per_host_qps > 0:
+        allowances.append(HOST_LATENESS)
+    return min(allowances) if allowances else None
 
 
 def host_of(url: str) -> str:

@@ -7,6 +7,7 @@ current directory when it exists. Every field is documented in `config/crawler.t
 from __future__ import annotations
 
 import os
+import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,11 @@ class Settings(BaseSettings, CrawlOptions):
     def shared_redis_url(self) -> str:
         """The Redis of the distributed mode: CRAWLER_REDIS_URL, else the local default one."""
         return self.redis_url or LOCAL_REDIS
+
+    @property
+    def worker_label(self) -> str:
+        """What this process writes in each record's `worker`: worker_name, else hostname:pid."""
+        return self.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def shared_broker_url(self) -> str:

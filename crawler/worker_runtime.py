@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -56,7 +54,7 @@ class WorkerRuntime:
 
     def __init__(self, settings: Settings, *, batch_time_limit: float = 3600.0) -> None:
         self.settings = settings
-        self.name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.name = settings.worker_label
         self.batch_time_limit = batch_time_limit
         self.loop = loops.new_loop()
         self._thread = threading.Thread(target=self._serve, name="crawler-loop", daemon=True)
@@ -112,7 +110,8 @@ class WorkerRuntime:
         store = self.jobs.store(job_id)
         urls = await store.unrecorded(await self.jobs.batch_urls(job_id, batch_no))
         runner = BatchRunner(
-            await self._engine(options), self._limiter(options), self._runner_options(options),
+            await self._engine(options), self._limiter(options), RunnerOptions.for_job(
+                options, concurrency=self.settings.concurrency, worker=self.name),
             slots=self.slots,
         )
         self.active[job_id].add(runner)
@@ -158,16 +157,6 @@ class WorkerRuntime:
         if limiter is None:
             limiter = self.limiters[config] = AsyncRateLimiter(self.client, config)
         return limiter
-
-    def _runner_options(self, options: CrawlOptions) -> RunnerOptions:
-        return RunnerOptions(
-            concurrency=self.settings.concurrency,
-            policy=options.retry_policy(),
-            worker=self.name,
-            host_interval=1.0 / options.per_host_qps if options.per_host_qps else 0.0,
-            body_store_max=options.body_store_max_bytes if options.store_body else None,
-            max_pending=max(10 * self.settings.concurrency, 10_000),
-        )
 
     def _broker(self) -> str:
         return self.settings.shared_broker_url

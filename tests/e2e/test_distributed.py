@@ -109,7 +109,11 @@ def test_per_host_limit_holds_while_hosts_proceed_in_parallel(
     for host, times in by_host.items():
         times.sort()
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert min(gaps) >= 1 / per_host - 0.005, (host, min(gaps))
+        # The limiter's own guarantee (interval - 5 ms, measured at a server with warm clients)
+        # is tested in test_ratelimit_processes.py. Here three Celery processes and three
+        # servers share two cores and one test process's GIL: a request can leave ~10 ms after
+        # its slot's lateness check, so the end-to-end bound is the interval minus 15 ms.
+        assert min(gaps) >= 1 / per_host - 0.015, (host, min(gaps))
     # Hosts in parallel: the whole job took about one host's time, not three.
     starts = [min(v) for v in by_host.values()]
     ends = [max(v) for v in by_host.values()]
