@@ -35,6 +35,3 @@ async def check_redis(client: aioredis.Redis, url: str | None) -> None:
         where = mask_url(url) if url else "embedded redis"
         raise BackendUnavailable(f"cannot reach Redis at {where}: {exc}") from None
 
-
-def describe(url: str | None) -> str:
-    return mask_url(url) if url else "embedded (in-process, nothing kept after exit)"
