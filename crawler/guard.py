@@ -232,22 +232,21 @@ class Guard:
             )
         return ok
 
-    async def resolve(self, host: str, port: int) -> list[str]:
+    def _known(self, host: str, port: int) -> list[str] | None:
+        """Addresses that need no lookup: a checked IP literal, or a cached answer."""
         literal = self.check_literal(host)
-        if literal is not None:
-            return [literal]
-        cached = self._cached(host, port)
-        if cached is not None:
-            return cached
+        return [literal] if literal is not None else self._cached(host, port)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        known = self._known(host, port)
+        if known is not None:
+            return known
         return self._store(host, port, self.allowed(host, await self.resolver.resolve(host, port)))
 
     def resolve_sync(self, host: str, port: int) -> list[str]:
-        literal = self.check_literal(host)
-        if literal is not None:
-            return [literal]
-        cached = self._cached(host, port)
-        if cached is not None:
-            return cached
+        known = self._known(host, port)
+        if known is not None:
+            return known
         return self._store(host, port, self.allowed(host, self.resolver.resolve_sync(host, port)))
 
     def _cached(self, host: str, port: int) -> list[str] | None:
