@@ -12,6 +12,8 @@ Keys (besides the results store's, see `crawler.store`):
     {prefix}:job:{id}:batch:<n>   list: the URLs of batch n, deleted when it is done
     {prefix}:job:{id}:parked      set: batch numbers held while the job is paused
     {prefix}:job:{id}:workers     hash: worker name -> last seen (ms)
+    {prefix}:job:{id}:leases      sorted set: running batch -> lease expiry (ms), see leases.py
+    {prefix}:job:{id}:owners      hash: running batch -> owner token ('' = handed back)
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ class JobControl:
         await self.client.hincrby(self.key(job_id, "counters"), "rejected", rejected)
         await self.client.hset(self.key(job_id, "meta"), "submitted", 1)
         # An empty job, or one whose batches all ended before this: finish it now.
-        await self._end(keys=self._batch_keys(job_id, -1), args=[-1])
+        await self._end(keys=[*self._batch_keys(job_id, -1), *self._lease_keys(job_id)],
+                        args=[-1, "", 0])
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -208,19 +211,31 @@ class JobControl:
     def _batch_keys(self, job_id: str, batch_no: int) -> list[str]:
         return [self.key(job_id, n) for n in ("meta", "parked", f"batch:{batch_no}", "counters")]
 
-    async def batch_start(self, job_id: str, batch_no: int, worker: str) -> str:
-        keys = [*self._batch_keys(job_id, batch_no), self.key(job_id, "workers")]
-        return (await self._start(keys=keys, args=[batch_no, worker])).decode()
+    def _lease_keys(self, job_id: str) -> list[str]:
+        return [self.key(job_id, "leases"), self.key(job_id, "owners")]
+
+    async def batch_start(
+        self, job_id: str, batch_no: int, worker: str, *, token: str, lease_ms: int
+    ) -> str:
+        """May this worker run the batch? 'run' also gives it a lease of `lease_ms`."""
+        keys = [*self._batch_keys(job_id, batch_no), self.key(job_id, "workers"),
+                *self._lease_keys(job_id)]
+        reply = await self._start(keys=keys, args=[batch_no, worker, token, lease_ms])
+        return str(reply.decode())
 
     async def batch_urls(self, job_id: str, batch_no: int) -> list[str]:
         return [u.decode() for u in await self.client.lrange(
             self.key(job_id, f"batch:{batch_no}"), 0, -1)]
 
-    async def batch_end(self, job_id: str, batch_no: int, leftover: list[str]) -> str:
-        """Hand back a batch: 'done', 'parked', 'cancelled' or 'requeue' (send it again)."""
-        reply = await self._end(keys=self._batch_keys(job_id, batch_no),
-                                args=[batch_no, *leftover])
-        return reply.decode()
+    async def batch_end(
+        self, job_id: str, batch_no: int, leftover: list[str], *, token: str, lease_ms: int
+    ) -> str:
+        """Hand back a batch: 'done', 'parked', 'cancelled', 'requeue' (send it again) or
+        'lost' (the lease was reaped: another worker owns the batch now)."""
+        reply = await self._end(keys=[*self._batch_keys(job_id, batch_no),
+                                      *self._lease_keys(job_id)],
+                                args=[batch_no, token, lease_ms, *leftover])
+        return str(reply.decode())
 
     async def current_states(self, job_ids: list[str]) -> dict[str, str | None]:
         pipe = self.client.pipeline(transaction=False)

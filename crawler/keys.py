@@ -12,3 +12,8 @@ def job_key(prefix: str, job_id: str, name: str) -> str:
 def jobs_index(prefix: str) -> str:
     """Sorted set of every job id by creation time (ms): `crawler jobs` reads it."""
     return f"{prefix}:jobs"
+
+
+def leased_jobs(prefix: str) -> str:
+    """Set of job ids that may have leased batches: the reapers' work list."""
+    return f"{prefix}:leased-jobs"

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from crawler.engines.base import Engine
 from crawler.options import CrawlOptions
 from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
+from crawler.ratelimit.fallback import FallbackLimiter
 from crawler.records import FetchResult, Record, status_class
 from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
 from crawler.slots import Slots
@@ -148,7 +149,7 @@ class BatchRunner:
     def __init__(
         self,
         engine: Engine,
-        limiter: AsyncRateLimiter,
+        limiter: AsyncRateLimiter | FallbackLimiter,
         options: RunnerOptions,
         *,
         slots: Slots | None = None,

@@ -43,6 +43,11 @@ class Settings(BaseSettings, CrawlOptions):
     redis_url: str | None = None
     broker_url: str | None = None
     key_prefix: str = Field("crawler", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    # Seconds the CLI and the API retry while Redis is unreachable mid-job (workers: forever).
+    redis_patience: float = Field(60.0, ge=0, le=86_400)
+    # Seconds a worker's claim on a running batch lasts without a heartbeat (see README,
+    # "Reliability"): a killed worker's batch is sent again at most about this long after.
+    lease_seconds: float = Field(20.0, ge=2, le=3600)
 
     # Process (the crawl options come from CrawlOptions)
     worker_name: str | None = None

@@ -9,13 +9,21 @@ to this process's single event loop (`run_batch`) and blocks until it is done. S
 * several batches in flight share one `Slots` pool: the worker's concurrency bounds the
   total of in-flight requests, whatever the number of batches;
 * a control poller notices pause/cancel of a running job within `CONTROL_POLL` seconds and
-  stops its batches mid-way; a batch time limit hands the rest back the same way.
+  stops its batches mid-way; a batch time limit hands the rest back the same way;
+* every running batch holds a lease that a heartbeat renews, and a reaper sends again the
+  batches of workers that died (see `crawler.leases`);
+* Redis going away stalls Redis work until it is back (the client retries, logging once) while
+  fetching goes on under a local fallback limiter (`crawler.ratelimit.fallback`);
+* `shutdown()` (SIGTERM) stops every batch: in-flight requests land, the rest is handed back
+  to the queue for other workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -27,14 +35,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from crawler import loops
-from crawler.backend import redis_client
+from crawler.backend import outage_of, redis_client
 from crawler.broker import send_batches
 from crawler.engines import make_engine
 from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
+from crawler.errors import JobNotFound
 from crawler.jobs import JobControl
+from crawler.leases import Leases, LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
+from crawler.ratelimit.fallback import FallbackLimiter
 from crawler.runner import BatchRunner, RunnerOptions
 from crawler.settings import Settings
 from crawler.slots import Slots
@@ -43,6 +54,9 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL = 0.5  # s between checks of paused/cancelled jobs that have batches running here
 SPEC_CACHE_TTL = 30.0  # s a job's spec is reused without reading Redis again (specs never change)
+# s after a shutdown began that Redis calls stop waiting for an outage to end: a worker asked to
+# stop does not hang on a dead Redis (its leases run out and other workers take its batches).
+SHUTDOWN_PATIENCE = 45.0
 
 
 async def _one(urls: Sequence[str]) -> AsyncIterator[Sequence[str]]:
@@ -50,12 +64,18 @@ async def _one(urls: Sequence[str]) -> AsyncIterator[Sequence[str]]:
 
 
 class WorkerRuntime:
-    """The per-process state behind every batch task. Thread-safe entry: `run_batch`."""
+    """The per-process state behind every batch task. Thread-safe entries: `run_batch`,
+    `shutdown`, `close`."""
 
     def __init__(self, settings: Settings, *, batch_time_limit: float = 3600.0) -> None:
         self.settings = settings
         self.name = settings.worker_label
         self.batch_time_limit = batch_time_limit
+        self.timing = LeaseTiming(settings.lease_seconds)
+        # Owner tokens: unique per run of a batch, even for the same batch in this process.
+        self.run_id = f"{self.name}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._seq = itertools.count()
+        self.closing = False
         self.loop = loops.new_loop()
         self._thread = threading.Thread(target=self._serve, name="crawler-loop", daemon=True)
         self._ready = threading.Event()
@@ -70,14 +90,19 @@ class WorkerRuntime:
         self.loop.run_forever()
 
     async def _setup(self) -> None:
-        self.client = redis_client(self.settings.shared_redis_url)
+        url = self.settings.shared_redis_url
+        self.client = redis_client(url)  # waits out outages: no batch fails for a restart
+        self.limiter_client = redis_client(url, fail_fast=True)  # falls back locally instead
         self.jobs = JobControl(self.client, self.settings.key_prefix)
+        self.leases = Leases(self.client, self.settings.key_prefix, self.timing)
         self.slots = Slots(self.settings.concurrency)
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
-        self.limiters: dict[LimiterConfig, AsyncRateLimiter] = {}
+        self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}
-        self.active: dict[str, set[BatchRunner]] = defaultdict(set)
-        self._poller = asyncio.create_task(self._poll_controls())
+        self.running: dict[str, dict[int, tuple[str, BatchRunner]]] = defaultdict(dict)
+        self.peers = 1  # workers seen recently on our jobs: the fallback limiter's divisor
+        self._loops = [asyncio.create_task(c) for c in (
+            self._poll_controls(), self._heartbeat(), self._reap())]
 
     # --- entry from Celery task threads ---------------------------------------------------
 
@@ -85,6 +110,10 @@ class WorkerRuntime:
         """Run one batch on the process loop; blocks the calling (task) thread until done."""
         fut = asyncio.run_coroutine_threadsafe(self._run_batch(job_id, batch_no), self.loop)
         return fut.result()
+
+    def shutdown(self) -> None:
+        """Stop taking batches; running ones land what is in flight and hand back the rest."""
+        self.loop.call_soon_threadsafe(self._begin_shutdown)
 
     def close(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
@@ -96,41 +125,60 @@ class WorkerRuntime:
 
     async def _run_batch(self, job_id: str, batch_no: int) -> dict[str, Any]:
         t0 = time.monotonic()
-        verdict = await self.jobs.batch_start(job_id, batch_no, self.name)
         summary: dict[str, Any] = {"job": job_id, "batch": batch_no, "worker": self.name}
-        if verdict != "run":
-            return summary | {"outcome": verdict}
+        if self.closing:  # taken while shutting down: not started, so send it to another worker
+            await self._send(job_id, [batch_no])
+            return summary | {"outcome": "handed_back"}
         try:
             options = await self._options(job_id)
         except ValidationError as exc:
-            # A spec this worker cannot trust is never executed; the batch stays queued.
+            # A spec this worker cannot trust is never executed; the batch stays stored.
             log.error("job %s: invalid spec, batch %d not run: %s", job_id, batch_no,
                       str(exc).splitlines()[0])
             return summary | {"outcome": "rejected_spec"}
+        except JobNotFound:
+            return summary | {"outcome": "missing"}
+        await self.leases.mark([job_id])  # before the lease exists: a reaper will look
+        token = f"{self.run_id}:{next(self._seq)}"
+        lease_ms = self.timing.lease_ms
+        verdict = await self.jobs.batch_start(job_id, batch_no, self.name, token=token,
+                                              lease_ms=lease_ms)
+        if verdict != "run":
+            return summary | {"outcome": verdict}
         store = self.jobs.store(job_id)
-        urls = await store.unrecorded(await self.jobs.batch_urls(job_id, batch_no))
         runner = BatchRunner(
-            await self._engine(options), self._limiter(options), RunnerOptions.for_job(
-                options, concurrency=self.settings.concurrency, worker=self.name),
+            await self._engine(options), self._limiter(options),
+            RunnerOptions.for_job(options, concurrency=self.settings.concurrency,
+                                  worker=self.name),
             slots=self.slots,
         )
-        self.active[job_id].add(runner)
+        self.running[job_id][batch_no] = (token, runner)
         deadline = self.loop.call_later(self.batch_time_limit, runner.stop, "time_limit")
         try:
+            if self.closing:
+                runner.stop("shutdown")
+            urls = await store.unrecorded(await self.jobs.batch_urls(job_id, batch_no))
             stats = await runner.run(_one(urls), store)
         finally:
             deadline.cancel()
-            self.active[job_id].discard(runner)
-            if not self.active[job_id]:
-                del self.active[job_id]
-        outcome = await self.jobs.batch_end(job_id, batch_no, runner.leftover)
+            self.running[job_id].pop(batch_no, None)
+            if not self.running[job_id]:
+                del self.running[job_id]
+        outcome = await self.jobs.batch_end(job_id, batch_no, runner.leftover, token=token,
+                                            lease_ms=lease_ms)
         if outcome == "requeue":
-            await self.loop.run_in_executor(None, send_batches, self._broker(), job_id, [batch_no])
+            await self._send(job_id, [batch_no])
+        elif outcome == "lost":
+            log.warning("job %s: batch %d was taken over by another worker (this one missed "
+                        "its heartbeats); its records so far are kept", job_id, batch_no)
         return summary | {
             "outcome": outcome, "urls": len(urls), "fetched": stats.done, "ok": stats.ok,
             "failed": stats.failed, "bytes": stats.bytes, "left": len(runner.leftover),
-            "elapsed_s": round(time.monotonic() - t0, 3),
+            "stop": runner.stop_reason, "elapsed_s": round(time.monotonic() - t0, 3),
         }
+
+    async def _send(self, job_id: str, batch_nos: list[int]) -> None:
+        await self.loop.run_in_executor(None, send_batches, self._broker(), job_id, batch_nos)
 
     async def _options(self, job_id: str) -> CrawlOptions:
         cached = self.specs.get(job_id)
@@ -151,34 +199,96 @@ class WorkerRuntime:
             self.engines[key] = engine
         return engine
 
-    def _limiter(self, options: CrawlOptions) -> AsyncRateLimiter:
+    def _limiter(self, options: CrawlOptions) -> FallbackLimiter:
         config = options.limiter_config(self.settings.key_prefix)
         limiter = self.limiters.get(config)
         if limiter is None:
-            limiter = self.limiters[config] = AsyncRateLimiter(self.client, config)
+            limiter = self.limiters[config] = FallbackLimiter(
+                AsyncRateLimiter(self.limiter_client, config), lambda: 1 / max(self.peers, 1))
         return limiter
 
     def _broker(self) -> str:
         return self.settings.shared_broker_url
 
+    def _runners(self, job_id: str) -> list[BatchRunner]:
+        return [runner for _, runner in self.running.get(job_id, {}).values()]
+
     async def _poll_controls(self) -> None:
         """Stop the running batches of jobs that were paused or cancelled."""
         while True:
             await asyncio.sleep(CONTROL_POLL)
-            if not self.active:
+            if not self.running:
                 continue
             try:
-                states = await self.jobs.current_states(list(self.active))
-            except Exception as exc:  # Redis hiccup: the next poll tries again
+                states = await self.jobs.current_states(list(self.running))
+            except Exception as exc:  # only the unexpected: outages are waited out
                 log.warning("could not read job states: %s", exc)
                 continue
             for job_id, state in states.items():
                 if state in ("paused", "cancelled", None):
-                    for runner in list(self.active.get(job_id, ())):
+                    for runner in self._runners(job_id):
                         runner.stop(state or "missing")
 
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the batches running here; stop runs whose lease was reaped."""
+        while True:
+            await asyncio.sleep(self.timing.heartbeat)
+            owned = {job: {n: token for n, (token, _) in batches.items()}
+                     for job, batches in self.running.items()}
+            if not owned:
+                continue
+            try:
+                await self.leases.mark(list(owned))
+                peers = 1
+                for job_id, tokens in owned.items():
+                    live, lost = await self.leases.renew(job_id, self.name, tokens)
+                    peers = max(peers, live)
+                    for batch_no in lost:
+                        entry = self.running.get(job_id, {}).get(batch_no)
+                        if entry is not None:
+                            entry[1].stop("lease_lost")
+                self.peers = peers
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _reap(self) -> None:
+        """Send again the batches whose worker stopped renewing their lease."""
+        outage = outage_of(self.client)
+        while True:
+            await asyncio.sleep(self.timing.reap_every)
+            # Owners renew every lease/4; after Redis was away (or at our start) give them a
+            # whole lease to do so before calling their batches abandoned.
+            if outage is not None and outage.up_for() < self.timing.lease:
+                continue
+            try:
+                for job_id in await self.leases.jobs():
+                    over, batches = await self.leases.reap(job_id)
+                    if over:
+                        await self.leases.forget(job_id)
+                    if batches:
+                        log.warning("job %s: batches %s lost their worker (lease ran out); "
+                                    "sending them again", job_id, batches)
+                        await self._send(job_id, batches)
+            except Exception as exc:  # e.g. the broker is down: the claims run out, retried
+                log.warning("reaper pass failed: %s", exc)
+
+    def _begin_shutdown(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        running = [r for job in list(self.running) for r in self._runners(job)]
+        log.warning("shutting down: stopping %d running batches; in-flight requests land, "
+                    "the rest goes back to the queue", len(running))
+        for runner in running:
+            runner.stop("shutdown")
+        outage = outage_of(self.client)
+        if outage is not None:
+            self.loop.call_later(SHUTDOWN_PATIENCE, outage.aborted.set)
+
     async def _close(self) -> None:
-        self._poller.cancel()
+        for task in self._loops:
+            task.cancel()
         for engine in self.engines.values():
             await engine.close()
         await self.client.aclose()
+        await self.limiter_client.aclose()

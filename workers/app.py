@@ -18,6 +18,11 @@ settings = load_settings()
 # the hard limit is Celery's last resort (the threads pool does not enforce it).
 BATCH_SOFT_LIMIT = 3600
 BATCH_HARD_LIMIT = BATCH_SOFT_LIMIT + 300
+# Seconds after which the Redis broker re-delivers an unacknowledged message. Recovery of a
+# killed worker's batch does not wait for this (leases, see crawler/leases.py); it only covers
+# a worker killed between receiving a message and starting its batch. A re-delivered message
+# of a batch still running elsewhere is dropped by its lease, so a short value is safe.
+VISIBILITY_TIMEOUT = 600
 
 app = Celery("crawler", include=["workers.tasks"])
 app.conf.update(celery_config(settings.shared_broker_url))
@@ -34,4 +39,6 @@ app.conf.update(
     worker_pool="threads",
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,  # a Redis restart must not end the worker
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
 )

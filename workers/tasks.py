@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_shutdown
+from celery.signals import worker_shutdown, worker_shutting_down
 
 from crawler.broker import FETCH_BATCH
 from crawler.jobs import JOB_ID_RE
@@ -26,6 +26,14 @@ def runtime() -> WorkerRuntime:
         if _runtime is None:
             _runtime = WorkerRuntime(settings, batch_time_limit=BATCH_SOFT_LIMIT - 60)
         return _runtime
+
+
+@worker_shutting_down.connect
+def _stop_batches(**_: Any) -> None:
+    """SIGTERM (warm shutdown): running batches land what is in flight and hand back the
+    rest, so Celery's wait for running tasks is bounded by one request timeout."""
+    if _runtime is not None:
+        _runtime.shutdown()
 
 
 @worker_shutdown.connect

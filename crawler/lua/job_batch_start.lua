@@ -1,34 +1,59 @@
--- job_batch_start.lua: a worker asks whether it may run batch n of a job.
+-- job_batch_start.lua: a worker asks whether it may run batch n of a job, and takes a lease.
 --
 -- Atomic with pause/resume/cancel, so a batch is never parked after a resume took the parked
--- set (it would be stranded) and never run after a cancel was seen.
+-- set (it would be stranded) and never run after a cancel was seen. The lease (an expiry in
+-- `leases`, an owner token in `owners`) makes a batch run in one place at a time: a second
+-- message for a batch whose live owner still renews it (a broker redelivery, a reaper resend
+-- that raced a slow heartbeat) is answered 'leased' and dropped. An owner of '' marks a batch
+-- handed back (a message is on its way): anyone may take it; if nobody does before its expiry,
+-- a reaper sends it again.
 --
 -- KEYS[1] meta      hash: state, started, ...
 -- KEYS[2] parked    set of batch numbers held while the job is paused
 -- KEYS[3] batch     list of the batch's URLs
 -- KEYS[4] counters  hash (cancelled)
 -- KEYS[5] workers   hash worker name -> last seen (ms)
--- ARGV[1] batch number; ARGV[2] worker name
+-- KEYS[6] leases    sorted set batch number -> lease expiry (ms, Redis clock)
+-- KEYS[7] owners    hash batch number -> owner token ('' = handed back)
+-- ARGV[1] batch number; ARGV[2] worker name; ARGV[3] owner token; ARGV[4] lease length (ms)
 -- Returns 'run', 'paused' (parked), 'cancelled' (URLs counted as cancelled), 'gone' (the batch
---         is already done: a redelivered task) or 'missing' (no such job).
--- Clock   Redis TIME, for started and last-seen times.
+--         is already done: a redelivered task), 'leased' (running elsewhere) or 'missing'.
+-- Clock   Redis TIME, for lease expiry, started and last-seen times.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
+local n = ARGV[1]
 local t = redis.call('TIME')
-local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = string.format('%d', now)
 redis.call('HSET', KEYS[5], ARGV[2], now_ms)
-if redis.call('EXISTS', KEYS[3]) == 0 then return 'gone' end
+local function unlease()
+  redis.call('ZREM', KEYS[6], n)
+  redis.call('HDEL', KEYS[7], n)
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  unlease()
+  return 'gone'
+end
+local expiry = tonumber(redis.call('ZSCORE', KEYS[6], n))
+if expiry and expiry > now then
+  local owner = redis.call('HGET', KEYS[7], n)
+  if owner and owner ~= '' and owner ~= ARGV[3] then return 'leased' end
+end
 if state == 'cancelled' then
   redis.call('HINCRBY', KEYS[4], 'cancelled', redis.call('LLEN', KEYS[3]))
   redis.call('DEL', KEYS[3])
+  unlease()
   return 'cancelled'
 end
 if state == 'paused' then
-  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[2], n)
+  unlease()
   return 'paused'
 end
 if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'started', now_ms)
 end
-redis.call('SREM', KEYS[2], ARGV[1])  -- resumed: no longer held
+redis.call('SREM', KEYS[2], n)  -- resumed: no longer held
+redis.call('ZADD', KEYS[6], string.format('%d', now + tonumber(ARGV[4])), n)
+redis.call('HSET', KEYS[7], n, ARGV[3])
 return 'run'

@@ -1,0 +1,123 @@
+"""Riding out a Redis outage: retry every command with capped back-off, and say so once.
+
+A worker must survive a Redis restart, a failover or a network cut without losing a batch,
+and without a log line per command per retry. `PatientRetry` is redis-py's retry hook (each
+connection calls it around every command and pipeline), so every caller of the client waits
+for Redis the same way instead of each growing its own loop. On every failure redis-py drops
+the connection first, so the next attempt reconnects: that is also what a `READONLY` answer
+after a failover needs (the old master became a replica; a fresh connection, through a
+Sentinel pool or a moved address, reaches the new master).
+
+One `Outage` per client holds the shared state: the first failure logs one warning, the first
+success after it logs one "back" line with the outage's length. `up_for()` tells the worker's
+reaper how long the connection has been healthy, so it never reaps leases that their live
+owners had no chance to renew while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, ReadOnlyError, RedisError, TimeoutError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors worth waiting out. BusyLoadingError (Redis replaying its AOF) is a ConnectionError.
+TRANSIENT: tuple[type[RedisError], ...] = (ConnectionError, TimeoutError, ReadOnlyError)
+BACKOFF_BASE = 0.05  # s: the first retry comes quickly (a blip)...
+BACKOFF_CAP = 5.0  # s: ...later ones at most this far apart (a restart takes seconds)
+
+
+class Outage:
+    """Whether Redis is reachable, as seen by one client; logs transitions only."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # already masked: this string is logged
+        self.down_since: float | None = None
+        self.up_since = time.monotonic()
+        self.outages = 0  # completed outages, for tests and status
+        self.failures = 0  # failed attempts in all
+        self.aborted = threading.Event()  # set at shutdown: waiting callers give up
+
+    def failed(self, error: BaseException) -> None:
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("Redis at %s unreachable (%s: %s); retrying with back-off up to %.0f s "
+                        "apart", self.where, type(error).__name__, str(error).splitlines()[0]
+                        if str(error) else "", BACKOFF_CAP)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            now = time.monotonic()
+            log.warning("Redis at %s is back after %.1f s", self.where, now - self.down_since)
+            self.down_since = None
+            self.up_since = now
+            self.outages += 1
+
+    def up_for(self) -> float:
+        """Seconds Redis has answered without interruption (0 while it is down)."""
+        if self.down_since is not None:
+            return 0.0
+        return time.monotonic() - self.up_since
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Outage:
+        return self  # redis-py deep-copies the retry per connection: the state stays shared
+
+
+class PatientRetry(Retry):
+    """Retries transient errors until Redis answers, `give_up_after` passes or shutdown.
+
+    `give_up_after=None` waits forever (workers: a batch must not fail because Redis
+    restarted); the CLI gives up after a bound and prints one line.
+    """
+
+    def __init__(self, outage: Outage, *, give_up_after: float | None = None) -> None:
+        super().__init__(ExponentialWithJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE),
+                         -1, TRANSIENT)
+        self.outage = outage
+        self.give_up_after = give_up_after
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PatientRetry:
+        return self
+
+    __hash__ = Retry.__hash__
+
+    async def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        failures = 0
+        started = time.monotonic()
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                # redis-py's handler drops the connection: the next attempt reconnects.
+                await (fail(error, failures) if with_failure_count else fail(error))
+                self.outage.failed(error)
+                waited = time.monotonic() - started
+                if self.outage.aborted.is_set() or (
+                    self.give_up_after is not None and waited >= self.give_up_after
+                ):
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+            else:
+                self.outage.succeeded()
+                return result
+

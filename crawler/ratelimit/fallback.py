@@ -1,0 +1,124 @@
+"""Keep pacing when Redis is away: a conservative local limiter instead of failing open.
+
+`FallbackLimiter` forwards to the shared limiter. When Redis does not answer, it says so once
+and decides locally, with the same scripts run by an in-process fakeredis (so the same GCRA,
+penalties and slow-down), at a `share` of the configured rates: with `share = 1/N` for N live
+workers, N workers that all lost Redis together still stay within the global and per-host
+limits. It tries Redis again every `retry_every` seconds and says once when it is back.
+
+Penalties recorded while on the local limiter stay local; the local rates are already a
+fraction of the shared ones. A rate of 0 (no limit) stays 0: the fallback never invents a limit
+the job did not ask for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from crawler.errors import BackendUnavailable
+from crawler.ratelimit import AsyncRateLimiter, Grant, LimiterConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_EVERY = 1.0  # s between attempts to return to the shared limiter
+
+
+def local_config(config: LimiterConfig, share: float) -> LimiterConfig:
+    """`config` with both rates scaled by `share` (0 < share <= 1) and bursts no larger."""
+    share = min(max(share, 1e-6), 1.0)
+    return dataclasses.replace(
+        config,
+        qps=config.qps * share,
+        per_host_qps=config.per_host_qps * share,
+        burst=int(config.burst * share),
+        per_host_burst=int(config.per_host_burst * share),
+    )
+
+
+class FallbackLimiter:
+    """An `AsyncRateLimiter` look-alike that survives the loss of its Redis."""
+
+    def __init__(
+        self,
+        remote: AsyncRateLimiter,
+        share: Callable[[], float] = lambda: 1.0,
+        *,
+        retry_every: float = RETRY_EVERY,
+    ) -> None:
+        self.remote = remote
+        self.config = remote.config
+        self.share = share
+        self.retry_every = retry_every
+        self._local: AsyncRateLimiter | None = None
+        self._local_share = 0.0
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self.fallbacks = 0  # times the local limiter took over (tests, stats)
+
+    @property
+    def calls(self) -> int:
+        return self.remote.calls + (self._local.calls if self._local else 0)
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_since is not None
+
+    async def acquire_many(self, hosts: Sequence[str]) -> list[Grant]:
+        if self._remote_worth_trying():
+            try:
+                grants = await self.remote.acquire_many(hosts)
+            except BackendUnavailable as exc:
+                self._went_down(exc)
+            else:
+                self._came_back()
+                return grants
+        return await self._fallback().acquire_many(hosts)
+
+    async def acquire(self, host: str) -> Grant:
+        return (await self.acquire_many([host]))[0]
+
+    async def penalize(self, host: str, retry_after: float | None = None) -> float:
+        if self._remote_worth_trying():
+            try:
+                left = await self.remote.penalize(host, retry_after)
+            except BackendUnavailable as exc:
+                self._went_down(exc)
+            else:
+                self._came_back()
+                return left
+        return await self._fallback().penalize(host, retry_after)
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _remote_worth_trying(self) -> bool:
+        return self._down_since is None or time.monotonic() >= self._next_try
+
+    def _went_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._next_try = now + self.retry_every
+        if self._down_since is None:
+            self._down_since = now
+            self.fallbacks += 1
+            log.warning("shared rate limiter unavailable (%s); pacing locally at %.0f %% of the "
+                        "job's rates until Redis answers", exc, 100 * self.share())
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.warning("shared rate limiter is back after %.1f s",
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def _fallback(self) -> AsyncRateLimiter:
+        share = self.share()
+        if self._local is None or share != self._local_share:
+            import fakeredis
+
+            # The same scripts on a private in-process server: identical decisions, no network.
+            client: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+            self._local = AsyncRateLimiter(client, local_config(self.config, share))
+            self._local_share = share
+        return self._local
