@@ -38,7 +38,8 @@ class AsyncCrawler:
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings or load_settings(**overrides)
-        self.client = redis_client(self.settings.shared_redis_url)
+        self.client = redis_client(self.settings.shared_redis_url, name="crawler-client",
+                                   patience=self.settings.redis_patience)
         self.jobs = JobControl(self.client, self.settings.key_prefix)
         self._checked = False
 

@@ -31,11 +31,12 @@ FOREVER = None
 
 
 def redis_client(url: str | None, *, patience: float | None = FOREVER,
-                 fail_fast: bool = False) -> aioredis.Redis:
+                 fail_fast: bool = False, name: str = "crawler") -> aioredis.Redis:
     """An asyncio client for `url`, or a private in-process fakeredis server when None.
 
     `patience`: seconds to retry a command while Redis is unreachable (None: forever);
-    `fail_fast`: no retry at all and short timeouts. The client's `Outage` is `client.outage`.
+    `fail_fast`: no retry at all and short timeouts; `name`: what `CLIENT LIST` shows for its
+    connections (who is connected, for operators). The client's `Outage` is `client.outage`.
     """
     if url is None:
         import fakeredis
@@ -49,7 +50,7 @@ def redis_client(url: str | None, *, patience: float | None = FOREVER,
     else:
         kwargs = {"retry": PatientRetry(outage, give_up_after=patience),
                   "socket_connect_timeout": CONNECT_TIMEOUT}
-    client = aioredis.Redis.from_url(url, health_check_interval=30, **kwargs)
+    client = aioredis.Redis.from_url(url, health_check_interval=30, client_name=name, **kwargs)
     client.outage = outage  # type: ignore[attr-defined]
     return client
 

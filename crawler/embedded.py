@@ -48,7 +48,8 @@ async def crawl(
 ) -> CrawlSummary:
     """Crawl `urls` (canonical, e.g. from `crawler.urls.iter_urls`) and export to `out`."""
     intake = intake or IntakeStats()
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings.redis_url, patience=settings.redis_patience,
+                          name="crawler-crawl")
     try:
         await check_redis(client, settings.redis_url)
         store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)

@@ -47,11 +47,13 @@ class Outage:
         self.outages = 0  # completed outages, for tests and status
         self.failures = 0  # failed attempts in all
         self.aborted = threading.Event()  # set at shutdown: waiting callers give up
+        self.is_down = threading.Event()  # set while down: tests and callers can wait on it
 
     def failed(self, error: BaseException) -> None:
         self.failures += 1
         if self.down_since is None:
             self.down_since = time.monotonic()
+            self.is_down.set()
             log.warning("Redis at %s unreachable (%s: %s); retrying with back-off up to %.0f s "
                         "apart", self.where, type(error).__name__, str(error).splitlines()[0]
                         if str(error) else "", BACKOFF_CAP)
@@ -61,6 +63,7 @@ class Outage:
             now = time.monotonic()
             log.warning("Redis at %s is back after %.1f s", self.where, now - self.down_since)
             self.down_since = None
+            self.is_down.clear()
             self.up_since = now
             self.outages += 1
 

@@ -91,8 +91,10 @@ class WorkerRuntime:
 
     async def _setup(self) -> None:
         url = self.settings.shared_redis_url
-        self.client = redis_client(url)  # waits out outages: no batch fails for a restart
-        self.limiter_client = redis_client(url, fail_fast=True)  # falls back locally instead
+        # The main client waits out outages (no batch fails for a restart); the limiter's fails
+        # fast and the fallback limiter paces locally meanwhile.
+        self.client = redis_client(url, name="crawler-worker")
+        self.limiter_client = redis_client(url, fail_fast=True, name="crawler-limiter")
         self.jobs = JobControl(self.client, self.settings.key_prefix)
         self.leases = Leases(self.client, self.settings.key_prefix, self.timing)
         self.slots = Slots(self.settings.concurrency)

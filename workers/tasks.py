@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_shutdown, worker_shutting_down
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from crawler.broker import FETCH_BATCH
 from crawler.jobs import JOB_ID_RE
@@ -26,6 +26,13 @@ def runtime() -> WorkerRuntime:
         if _runtime is None:
             _runtime = WorkerRuntime(settings, batch_time_limit=BATCH_SOFT_LIMIT - 60)
         return _runtime
+
+
+@worker_ready.connect
+def _start_runtime(**_: Any) -> None:
+    """At start, not at the first task: an idle worker must reap the leases of dead ones
+    (after a full restart, no message may be left to wake a worker up)."""
+    runtime()
 
 
 @worker_shutting_down.connect

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from httpserver import HTTPServer, serve_many
 from redisserver import RedisServer
 
@@ -43,18 +44,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Cluster:
     """Worker processes started with `crawler worker`, and a way to talk to them."""
 
-    def __init__(self, redis_url: str, logdir: Path) -> None:
+    def __init__(self, redis_url: str, logdir: Path, env: dict[str, str] | None = None) -> None:
         self.redis_url = redis_url
         self.logdir = logdir
+        self.env = env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_worker(self, name: str, concurrency: int = WORKER_CONCURRENCY) -> None:
-        with open(self.logdir / f"{name}.log", "wb") as log:  # the child keeps its own fd
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own fd
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "crawler", "worker", "--hostname", name,
                  "--concurrency", str(concurrency), "--loglevel", "INFO"],
-                env=crawler_env(self.redis_url), stdout=log, stderr=subprocess.STDOUT,
+                env=crawler_env(self.redis_url) | self.env, stdout=log,
+                stderr=subprocess.STDOUT,
             )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no handler runs, nothing is handed back."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(10)
 
     def wait_ready(self, names: list[str]) -> None:
         """Every named worker answers a Celery control ping (a real round trip)."""
@@ -62,7 +71,11 @@ class Cluster:
         pending = set(names)
 
         def answered() -> bool:
-            for reply in app.control.ping(timeout=0.5) or []:
+            try:
+                replies = app.control.ping(timeout=0.5) or []
+            except (redis.ConnectionError, OSError):  # a pooled connection from before a restart
+                replies = []
+            for reply in replies:
                 pending.difference_update(reply)
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
