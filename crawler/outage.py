@@ -58,8 +58,10 @@ class Outage:
                         "apart", self.where, type(error).__name__, str(error).splitlines()[0]
                         if str(error) else "", BACKOFF_CAP)
 
-    def succeeded(self) -> None:
-        if self.down_since is not None:
+    def succeeded(self, attempt_started: float) -> None:
+        """A call that began at `attempt_started` got its answer. One that began before the
+        outage was noticed proves nothing (its reply may have left just before the cut)."""
+        if self.down_since is not None and attempt_started >= self.down_since:
             now = time.monotonic()
             log.warning("Redis at %s is back after %.1f s", self.where, now - self.down_since)
             self.down_since = None
@@ -105,6 +107,7 @@ class PatientRetry(Retry):
         failures = 0
         started = time.monotonic()
         while True:
+            attempt = time.monotonic()
             try:
                 result = await do()
             except self._supported_errors as error:
@@ -121,6 +124,6 @@ class PatientRetry(Retry):
                     raise
                 await asyncio.sleep(self._backoff.compute(failures))
             else:
-                self.outage.succeeded()
+                self.outage.succeeded(attempt)
                 return result
 

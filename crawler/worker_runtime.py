@@ -147,6 +147,8 @@ class WorkerRuntime:
                                               lease_ms=lease_ms)
         if verdict != "run":
             return summary | {"outcome": verdict}
+        # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
+        self.peers = max(self.peers, (await self.leases.renew(job_id, self.name, {}))[0])
         store = self.jobs.store(job_id)
         runner = BatchRunner(
             await self._engine(options), self._limiter(options),
