@@ -43,7 +43,7 @@ class Outage:
     def __init__(self, where: str) -> None:
         self.where = where  # already masked: this string is logged
         self.down_since: float | None = None
-        self.up_since = time.monotonic()
+        self.up_since = float("-inf")  # no outage seen yet
         self.outages = 0  # completed outages, for tests and status
         self.failures = 0  # failed attempts in all
         self.aborted = threading.Event()  # set at shutdown: waiting callers give up
@@ -70,7 +70,7 @@ class Outage:
             self.outages += 1
 
     def up_for(self) -> float:
-        """Seconds Redis has answered without interruption (0 while it is down)."""
+        """Seconds since this client's last outage ended (0 while down, inf if none yet)."""
         if self.down_since is not None:
             return 0.0
         return time.monotonic() - self.up_since

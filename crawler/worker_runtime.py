@@ -257,14 +257,11 @@ class WorkerRuntime:
 
     async def _reap(self) -> None:
         """Send again the batches whose worker stopped renewing their lease."""
-        outage = outage_of(self.client)
         while True:
             await asyncio.sleep(self.timing.reap_every)
-            # Owners renew every lease/4; after Redis was away (or at our start) give them a
-            # whole lease to do so before calling their batches abandoned.
-            if outage is not None and outage.up_for() < self.timing.lease:
-                continue
             try:
+                if not await self._owners_had_their_chance():
+                    continue
                 for job_id in await self.leases.jobs():
                     over, batches = await self.leases.reap(job_id)
                     if over:
@@ -275,6 +272,16 @@ class WorkerRuntime:
                         await self._send(job_id, batches)
             except Exception as exc:  # e.g. the broker is down: the claims run out, retried
                 log.warning("reaper pass failed: %s", exc)
+
+    async def _owners_had_their_chance(self) -> bool:
+        """A lease may only be judged after its owner could renew it for a whole lease: not
+        within a lease after Redis (re)started (leases ran out while it was down) nor after
+        this worker's own outage (the owners may have been cut off just the same)."""
+        outage = outage_of(self.client)
+        if outage is not None and outage.up_for() < self.timing.lease:
+            return False
+        info = await self.client.info("server")
+        return float(info.get("uptime_in_seconds", 0)) >= self.timing.lease
 
     def _begin_shutdown(self) -> None:
         if self.closing:

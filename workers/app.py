@@ -18,11 +18,14 @@ settings = load_settings()
 # the hard limit is Celery's last resort (the threads pool does not enforce it).
 BATCH_SOFT_LIMIT = 3600
 BATCH_HARD_LIMIT = BATCH_SOFT_LIMIT + 300
-# Seconds after which the Redis broker re-delivers an unacknowledged message. Recovery of a
-# killed worker's batch does not wait for this (leases, see crawler/leases.py); it only covers
-# a worker killed between receiving a message and starting its batch. A re-delivered message
-# of a batch still running elsewhere is dropped by its lease, so a short value is safe.
-VISIBILITY_TIMEOUT = 600
+# The Redis broker re-delivers a message left unacknowledged this many seconds, scanning every
+# RESTORE_EVERY seconds. Recovery of a killed worker's running batch does not wait for this
+# (leases, see crawler/leases.py); it covers a worker killed after receiving a message and
+# before starting its batch (e.g. still booting). A re-delivered message of a batch that is
+# still running elsewhere is answered `leased` by its lease and dropped, so a short value is
+# safe: it costs one no-op task per VISIBILITY_TIMEOUT per long-running batch.
+VISIBILITY_TIMEOUT = 45
+RESTORE_EVERY = 5
 
 app = Celery("crawler", include=["workers.tasks"])
 app.conf.update(celery_config(settings.shared_broker_url))
@@ -40,5 +43,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a Redis restart must not end the worker
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": RESTORE_EVERY,
+        "unacked_restore_throttle": 1,  # scan on every interval, not every 10th
+    },
 )
