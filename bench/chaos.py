@@ -2,6 +2,7 @@
 
     python -m bench.chaos [--urls 5000] [--workers 3] [--kill-every 3] [--qps 100]
                           [--batch-size 100] [--lease 20] [--seed N] [--timeout 900]
+                          [--out DIR]
 
 Everything is local and real: a redis-server with AOF (fsync always) on a free loopback
 port, HTTP servers on 127.0.0.2-4 (tests/httpserver.py), `crawler worker` processes. While
@@ -229,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--out", type=Path, default=RESULTS, help="where chaos.md/json go")
     args = p.parse_args(argv)
     res = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(res)
-    (RESULTS / "chaos.md").write_text(text)
-    (RESULTS / "chaos.json").write_text(json.dumps(asdict(res), indent=2) + "\n")
+    (args.out / "chaos.md").write_text(text)
+    (args.out / "chaos.json").write_text(json.dumps(asdict(res), indent=2) + "\n")
     print(text)
     return 0 if res.lost == 0 and res.duplicated == 0 and res.state == "finished" else 1
 
