@@ -24,6 +24,9 @@ from crawler.cli_common import (
     Parser,
     add_common_options,
     add_crawl_options,
+    job_id_arg,
+    open_output,
+    read_error_exit,
     settings_from_args,
 )
 from crawler.embedded import CrawlSummary, crawl
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="write records here (default stdout)")
     c.add_argument("--format", choices=["jsonl", "csv"],
                    help="output format (default from -o's extension, else jsonl)")
-    c.add_argument("--job-id", help="name the job (default: a new short id)")
+    c.add_argument("--job-id", type=job_id_arg, help="name the job (default: a new short id)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     c.add_argument("--stats-json", metavar="FILE", help="also write the summary as JSON here")
     add_crawl_options(c)
@@ -62,8 +65,10 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(args.source))
         out: IO[bytes] = (
-            stack.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+            stack.enter_context(open_output(args.output)) if args.output else sys.stdout.buffer
         )
+        # Opened now: a path that cannot be written fails before the crawl, not after it.
+        stats = stack.enter_context(open_output(args.stats_json)) if args.stats_json else None
         progress = stack.enter_context(
             Progress(enabled=not args.no_progress and sys.stderr.isatty())
         )
@@ -72,11 +77,10 @@ def cmd_crawl(args: argparse.Namespace) -> int:
             urls, settings, intake=intake, out=out, fmt=fmt, job_id=args.job_id,
             on_start=progress.attach,
         ))
+        if stats is not None:
+            stats.write(orjson.dumps(summary_dict(summary), option=orjson.OPT_INDENT_2))
     print_summary(summary, args.output)
-    if args.stats_json:
-        with open(args.stats_json, "wb") as f:
-            f.write(orjson.dumps(summary_dict(summary), option=orjson.OPT_INDENT_2))
-    return EXIT_OK
+    return read_error_exit(intake)
 
 
 def summary_dict(s: CrawlSummary) -> dict[str, Any]:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+import math
+import sys
+from collections.abc import Callable
+from typing import IO, Any, NoReturn
 
+from crawler.errors import ConfigError, InputError
+from crawler.jobs import JOB_ID_RE
 from crawler.settings import Settings, load_settings
+from crawler.urls import IntakeStats
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected internal error (a bug): traceback printed
 EXIT_USAGE = 2  # bad flags, bad settings, bad input, unreachable backend
 EXIT_INTERRUPTED = 130
+# How much of a bad flag value an error line repeats: enough to recognise it, one line.
+SHOWN_VALUE = 40
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (`crawler: error: ...`) and exit 2."""
@@ -19,11 +27,70 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"crawler: error: {message} (see: {self.prog} --help)\n")
 
 
+def _shown(text: str) -> str:
+    """A flag value as an error line repeats it: quoted, escaped, cut to one short line."""
+    return repr(text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE] + "...")
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `lo` to `hi`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number, got {_shown(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo} to {hi}, got {_shown(text)}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {_shown(text)}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds >= 0, got {_shown(text)}")
+    return value
+
+
+def job_id_arg(text: str) -> str:
+    """An argparse type: a job id as `crawler.jobs` names them (checked before any I/O)."""
+    if not JOB_ID_RE.fullmatch(text):  # fullmatch: `$` alone would let a trailing newline in
+        raise argparse.ArgumentTypeError(
+            f"invalid job id {_shown(text)}: use 1-64 letters, digits, '-' or '_'")
+    return text
+
+
 def _header(value: str) -> tuple[str, str]:
     name, sep, val = value.partition(":")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+        # The value is not repeated: it may be a credential (`Authorization Bearer ...`).
+        raise argparse.ArgumentTypeError("expected 'Name: value' (a name, a colon, a value)")
     return name.strip(), val.strip()
+
+
+def read_error_exit(intake: IntakeStats) -> int:
+    """EXIT_OK, or one line and EXIT_USAGE when the input broke off (what came before is kept)."""
+    if intake.read_error is None:
+        return EXIT_OK
+    print(f"crawler: error: {intake.read_error}; the {intake.accepted} URLs accepted before "
+          "it were kept", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def open_output(path: str) -> IO[bytes]:
+    """Open an output file for writing; `InputError` (one line, exit 2) when it cannot be."""
+    try:
+        return open(path, "wb")  # the caller closes it
+    except OSError as exc:
+        raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
 def add_crawl_options(p: argparse.ArgumentParser) -> None:
@@ -76,6 +143,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in SETTINGS_FLAGS}
     if getattr(args, "headers", None):
         flags["headers"] = dict(args.headers)
+    if args.config == "":  # load_settings would take it for "not given"
+        raise ConfigError("--config needs a file name, got an empty string")
     return load_settings(args.config, **flags)
-
-

@@ -24,9 +24,13 @@ from crawler.api import DEFAULT_BATCH_SIZE, AsyncCrawler
 from crawler.broker import QUEUE
 from crawler.cli_common import (
     EXIT_OK,
-    EXIT_USAGE,
     add_common_options,
     add_crawl_options,
+    int_in,
+    job_id_arg,
+    open_output,
+    read_error_exit,
+    seconds,
     settings_from_args,
 )
 from crawler.export import export, format_for_path
@@ -36,6 +40,11 @@ from crawler.urls import IntakeStats, iter_urls, open_source
 EXIT_TIMEOUT = 1  # `wait`: the job did not end in time
 EXIT_CANCELLED = 3  # `wait`: the job was cancelled
 DEFAULT_BATCHES = 4  # batches in flight per worker process (Celery threads)
+MAX_BATCHES = 1024  # Celery threads per worker process; more is a typo, not a plan
+# URLs per task: a batch is one Redis list that one worker reads whole and submit holds whole.
+MAX_BATCH_SIZE = 100_000
+MAX_JOBS_LISTED = 10_000
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's names
 WATCH_REFRESH = 0.5  # s between redraws of `status --watch`
 
 
@@ -49,29 +58,32 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
     w = command("worker", "start a Celery worker that fetches batches")
     w.add_argument("--concurrency", type=int, help="in-flight requests in this process")
-    w.add_argument("--batches", type=int, default=DEFAULT_BATCHES,
+    w.add_argument("--batches", type=int_in(1, MAX_BATCHES), default=DEFAULT_BATCHES,
                    help=f"batches in flight in this process (default {DEFAULT_BATCHES})")
-    w.add_argument("--hostname", help="worker name shown in Flower and records")
-    w.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
+    w.add_argument("--hostname", type=_hostname, help="worker name shown in Flower and records")
+    w.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default="INFO",
+                   help="Celery log level (default INFO)")
 
     s = command("submit", "enqueue a job for the workers; prints its id")
     s.add_argument("source", metavar="FILE|-", help="one URL a line; '-' reads stdin")
-    s.add_argument("--job-id", help="name the job (default: a new short id)")
-    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    s.add_argument("--job-id", type=job_id_arg, help="name the job (default: a new short id)")
+    s.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
                    help=f"URLs per task (default {DEFAULT_BATCH_SIZE})")
     add_crawl_options(s)
 
     st = command("status", "show a job's progress")
-    st.add_argument("job")
+    st.add_argument("job", type=job_id_arg)
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--watch", action="store_true", help="live progress until the job ends")
 
     wt = command("wait", "wait for a job: exit 0 finished, 3 cancelled, 1 timeout")
-    wt.add_argument("job")
-    wt.add_argument("--timeout", type=float, help="seconds (default: forever)")
+    wt.add_argument("job", type=job_id_arg)
+    # Its own dest: `timeout` is the crawl setting (seconds per fetch) settings_from_args reads.
+    wt.add_argument("--timeout", dest="wait_timeout", type=seconds,
+                    help="seconds (default: forever)")
 
     r = command("results", "export a job's records")
-    r.add_argument("job")
+    r.add_argument("job", type=job_id_arg)
     r.add_argument("-o", "--output", help="write here (default stdout)")
     r.add_argument("--format", choices=["jsonl", "csv"])
     r.add_argument("--errors-only", action="store_true", help="only records that are not ok")
@@ -79,15 +91,28 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     for op, text in (("cancel", "cancel a job (pending URLs are dropped and counted)"),
                      ("pause", "pause a job (pending URLs are held)"),
                      ("resume", "resume a paused job")):
-        command(op, text).add_argument("job")
+        command(op, text).add_argument("job", type=job_id_arg)
 
     j = command("jobs", "recent jobs, one line each")
-    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--limit", type=int_in(1, MAX_JOBS_LISTED), default=20,
+                   help="how many (default 20)")
     return {
         "worker": cmd_worker, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
         "results": cmd_results, "cancel": cmd_control, "pause": cmd_control,
         "resume": cmd_control, "jobs": cmd_jobs,
     }
+
+
+def _hostname(text: str) -> str:
+    """An argparse type: a Celery node name, whose %h/%n/%d must expand (checked before exec)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a worker name, got an empty string")
+    try:
+        host_format(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown %-sequence in {text[:40]!r}: use %h, %n, %d or %% for a literal %") from None
+    return text
 
 
 def _with_crawler(args: argparse.Namespace, body: Callable[[AsyncCrawler], Any]) -> Any:
@@ -105,9 +130,6 @@ def _with_crawler(args: argparse.Namespace, body: Callable[[AsyncCrawler], Any])
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)  # a bad setting fails here, not inside Celery
-    if args.batches < 1:
-        print("crawler: error: --batches must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     env = dict(os.environ)
     env["CRAWLER_CONCURRENCY"] = str(settings.concurrency)
     env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
@@ -127,17 +149,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     intake = IntakeStats()
-    if args.batch_size < 1:
-        print("crawler: error: --batch-size must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     with open_source(args.source) as source:
-        job_id = _with_crawler(args, lambda c: c.submit_canonical(
+        new_id = _with_crawler(args, lambda c: c.submit_canonical(
             iter_urls(source, intake), job_id=args.job_id, batch_size=args.batch_size,
             intake=intake))
-    print(job_id)
+    print(new_id)
     if intake.rejected or intake.duplicates:
         print(intake.summary(), file=sys.stderr)
-    return EXIT_OK
+    return read_error_exit(intake)
+
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -153,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     try:
-        st: JobStatus = _with_crawler(args, lambda c: c.wait(args.job, args.timeout))
+        st: JobStatus = _with_crawler(args, lambda c: c.wait(args.job, args.wait_timeout))
     except TimeoutError as exc:
         print(f"crawler: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -164,7 +184,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     fmt = format_for_path(args.output, args.format)
     with contextlib.ExitStack() as stack:
         out: IO[bytes] = (
-            stack.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+            stack.enter_context(open_output(args.output)) if args.output else sys.stdout.buffer
         )
         _with_crawler(args, lambda c: export(
             c.results(args.job, errors_only=args.errors_only), out, fmt))

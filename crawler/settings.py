@@ -7,19 +7,22 @@ current directory when it exists. Every field is documented in `config/crawler.t
 from __future__ import annotations
 
 import os
+import re
 import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import RedisError
 
 from crawler.errors import ConfigError
 from crawler.options import CrawlOptions
@@ -27,6 +30,8 @@ from crawler.options import CrawlOptions
 DEFAULT_CONFIG_PATH = Path("config/crawler.toml")
 # Workers and `submit` need a real Redis; with none configured they use the usual local one.
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
 
 
 class Settings(BaseSettings, CrawlOptions):
@@ -55,13 +60,20 @@ class Settings(BaseSettings, CrawlOptions):
 
     @field_validator("redis_url", "broker_url")
     @classmethod
-    def _known_scheme(cls, v: str | None) -> str | None:
+    def _known_scheme(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None or v == "":
             return None
-        scheme = urlsplit(v).scheme
-        allowed = {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp"}
-        if scheme not in allowed:
-            raise ValueError(f"unsupported URL scheme {scheme!r} (expected redis://, rediss://)")
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        except ValueError as exc:
+            raise ValueError(f"malformed URL: {exc}") from None
+        allowed = REDIS_SCHEMES if info.field_name == "redis_url" else BROKER_SCHEMES
+        if parts.scheme not in allowed:
+            expected = ", ".join(f"{s}://" for s in sorted(allowed))
+            raise ValueError(f"unsupported URL scheme {parts.scheme!r} (expected {expected})")
+        if parts.scheme in REDIS_SCHEMES:
+            _check_redis_url(v, parts)
         return v
 
     @property
@@ -105,6 +117,29 @@ class Settings(BaseSettings, CrawlOptions):
         return tuple(sources)
 
 
+def _check_redis_url(url: str, parts: SplitResult) -> None:
+    """Refuse a Redis URL that redis-py would only refuse at first use, with a traceback.
+
+    redis-py builds (without connecting) the connection the URL describes, so its own parser
+    judges the port, the database number and every query option (`ssl_ca_certs`, ...).
+    """
+    if parts.scheme != "unix":
+        if not parts.hostname:  # redis-py would quietly pick localhost:6379
+            raise ValueError("no host in the URL (e.g. redis://127.0.0.1:6379/0)")
+        db = parts.path.strip("/")
+        if db and not re.fullmatch(r"[0-9]+", db):  # redis-py would quietly use database 0
+            raise ValueError(f"the database must be a number, got {db[:20]!r}")
+    try:
+        ConnectionPool.from_url(url).make_connection()
+    except TypeError as exc:  # an option the connection class does not take
+        option = re.search(r"argument '(\w+)'", str(exc))
+        name = option.group(1) if option else first_line(str(exc))
+        tls = " (TLS options need rediss://)" if name.startswith("ssl") else ""
+        raise ValueError(f"unsupported option {name!r} in the URL{tls}") from None
+    except (ValueError, RedisError) as exc:
+        raise ValueError(f"invalid Redis URL: {first_line(str(exc))}") from None
+
+
 # Carries the chosen TOML path into settings_customise_sources, a classmethod pydantic calls.
 _config_path_var: ContextVar[Path | None] = ContextVar("crawler_config_path", default=None)
 
@@ -117,13 +152,11 @@ def mask_url(url: str) -> str:
         return "<unparseable URL>"
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    # Rebuilt from the raw netloc (as urlsplit splits it): parsing the port or the host
+    # could raise on a malformed URL, and the error naming it must still hide the password.
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:***@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -180,6 +213,8 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
         where = f" in {path}" if path else ""
         return f"unknown setting {name!r}{where}"
     shown = mask_url(value) if isinstance(value, str) else value
+    if isinstance(value, dict):  # headers: their values may be credentials (Authorization)
+        shown = {k: "***" for k in value}
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid setting {name}: {msg} (got {shown!r}){more}"
 

@@ -287,6 +287,9 @@ class IntakeStats:
     rejected: int = 0
     skipped: int = 0  # blank lines and comments
     duplicates: int = 0  # incremented by the caller: dedupe happens downstream, in Redis
+    # Why reading stopped before the end (an I/O error): the input ended there, and what was
+    # accepted before it stands. None when the input was read to its end.
+    read_error: str | None = None
     by_reason: Counter[RejectReason] = field(default_factory=Counter)
     examples: list[Rejected] = field(default_factory=list)
 
@@ -358,7 +361,22 @@ def accept_urls(urls: Iterable[str], stats: IntakeStats) -> Iterator[str]:
 
 
 def _iter_stream(stream: BinaryIO | TextIO, stats: IntakeStats) -> Iterator[str]:
-    return _accept(_physical_lines(stream), stats)
+    return _accept(_lines_until_error(stream, stats), stats)
+
+
+def _lines_until_error(
+    stream: BinaryIO | TextIO, stats: IntakeStats
+) -> Iterator[tuple[int, bytes, bool]]:
+    """`_physical_lines`, ending at a read error (noted in `stats`) instead of raising it.
+
+    The URLs accepted before the error have already gone downstream (a job's batches, a
+    crawl): ending the input keeps them, where an exception would abandon them half-done.
+    """
+    try:
+        yield from _physical_lines(stream)
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        stats.read_error = f"cannot read the input after line {stats.lines}: {detail}"
 
 
 def _accept(lines: Iterable[tuple[int, bytes, bool]], stats: IntakeStats) -> Iterator[str]:
