@@ -19,6 +19,7 @@ Routes (every server has all of them):
     /redirect-to?url=U&status=302   redirect to any URL
     /bad-location            302 to a non-http scheme
     /big/{bytes}             that many bytes, streamed in 64 KiB writes, with Content-Length
+    /endless                 chunked (no Content-Length), 64 KiB writes that never end
     /gzip                    a small valid gzip page (Content-Encoding: gzip)
     /deflate, /deflate-raw   the same page as zlib / raw deflate (Content-Encoding: deflate)
     /gzip-bomb?size=N        gzip of N zero bytes (default 1 GiB), compressed while sent
@@ -223,6 +224,7 @@ def build_app(server: HTTPServer) -> web.Application:
     app.router.add_get("/redirect-to", redirect_to)
     app.router.add_get("/bad-location", _const(lambda: _redirect("ftp://127.0.0.1/file")))
     app.router.add_get("/big/{size:\\d+}", big)
+    app.router.add_get("/endless", endless)
     app.router.add_get("/gzip", _const(lambda: _encoded(gzip.compress(PAGE), "gzip")))
     app.router.add_get("/deflate", _const(lambda: _encoded(zlib.compress(PAGE), "deflate")))
     app.router.add_get("/deflate-raw", _const(lambda: _encoded(_raw_deflate(PAGE), "deflate")))
@@ -306,6 +308,17 @@ async def big(request: web.Request) -> web.StreamResponse:
             await resp.write(block[:n])
             sent += n
         await resp.write_eof()
+    return resp
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """A body with no announced length that never ends: only the client's cap stops it."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await resp.prepare(request)  # no content_length: chunked
+    block = b"e" * WRITE_CHUNK
+    with contextlib.suppress(ConnectionResetError):  # the client is expected to give up
+        while True:
+            await resp.write(block)
     return resp
 
 

@@ -17,6 +17,7 @@ from crawler.engines.base import (
     ORIGIN_BOUND_HEADERS,
     Attempt,
     Engine,
+    ascii_location,
     classify_own,
     short_detail,
 )
@@ -123,7 +124,7 @@ class AioEngine(Engine):
             # attempt.headers is replaced (without the origin-bound ones) after a cross-origin hop.
             own = self._bound if attempt.headers is self.headers else None
             async with session.get(url, headers=own, allow_redirects=False) as resp:
-                nxt = attempt.follow(resp.status, resp.headers.get("Location"))
+                nxt = attempt.follow(resp.status, _location(resp))
                 if nxt is None:
                     body = attempt.decoder(resp.headers)
                     length = resp.content_length
@@ -138,6 +139,12 @@ class AioEngine(Engine):
                     return attempt.done(resp.status, resp.headers, body)
                 await _drain(resp)
             url = nxt
+
+
+def _location(resp: aiohttp.ClientResponse) -> str | None:
+    """Location as an ASCII URL; aiohttp decodes header bytes as UTF-8 with surrogateescape."""
+    loc = resp.headers.get("Location")
+    return None if loc is None else ascii_location(loc.encode("utf-8", "surrogateescape"))
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import ClassVar, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from crawler.body import BadEncoding, BodyDecoder, TooLarge
 from crawler.engines.config import FetchConfig
@@ -40,6 +40,7 @@ ORIGIN_BOUND_HEADERS = frozenset({"authorization", "proxy-authorization", "cooki
 ACCEPT_ENCODING = "gzip, deflate"  # exactly what crawler.body decodes
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ASCII = "".join(map(chr, range(128)))
 _NUMERIC_HOST = re.compile(r"[0-9.]+|0x[0-9a-fx.]*")
 
 
@@ -119,15 +120,32 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme.lower(), pa.hostname, pa.port) == (pb.scheme.lower(), pb.hostname, pb.port)
 
 
+def ascii_location(raw: bytes) -> str:
+    """A Location header's bytes with every non-ASCII byte percent-encoded, as browsers do.
+
+    Servers put raw UTF-8 or Latin-1 there, and aiohttp and http.client decode header bytes
+    differently; from the bytes, both engines request (and record) the same ASCII URL.
+    """
+    return raw.decode("ascii") if raw.isascii() else quote(raw, safe=_ASCII)
+
+
 def mime_type(content_type: str | None) -> str | None:
-    """'text/html; charset=utf-8' -> 'text/html'."""
+    """'text/html; charset=utf-8' -> 'text/html'; non-ASCII characters become '?'.
+
+    A media type is ASCII: anything else is a hostile or broken header, and its characters
+    (lone surrogates from aiohttp's decoding) must not reach the record's JSON.
+    """
     value = (content_type or "").split(";", 1)[0].strip().lower()
+    if not value.isascii():
+        value = value.encode("ascii", "replace").decode("ascii")
     return value or None
 
 
 def short_detail(text: str) -> str:
-    """One line, at most DETAIL_MAX characters."""
+    """One line, at most DETAIL_MAX characters, always encodable as UTF-8 (JSON-safe)."""
     line = " ".join(text.split())
+    if not line.isascii():
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     return line if len(line) <= DETAIL_MAX else line[: DETAIL_MAX - 3] + "..."
 
 
@@ -214,6 +232,9 @@ class Attempt:
         if left <= 0:
             raise self.deadline_error()
         return left
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
 
     def deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"timed out after {self.config.timeout:g}s (total)")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.cookiejar import DefaultCookiePolicy
@@ -38,6 +40,7 @@ from crawler.engines.base import (
     DRAIN_LIMIT,
     Attempt,
     Engine,
+    ascii_location,
     causes,
     classify_own,
     short_detail,
@@ -101,6 +104,54 @@ def _name_resolution(exc: BaseException) -> bool:
     return any(isinstance(c, (NameResolutionError, socket.gaierror)) for c in causes(exc))
 
 
+# --- the total budget on every read -------------------------------------------------------------
+
+# The attempt running on this thread: its time.monotonic() deadline, or None.
+_budget = threading.local()
+
+
+class _BudgetedReader(io.RawIOBase):
+    """A response's socket reads, each bounded by what is left of the attempt's total budget.
+
+    A socket timeout bounds one recv; a server that drips a byte at a time (a header line, a
+    chunk-size line) restarts it forever. Capping every recv at the time left bounds the sum.
+    """
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+        self._cap = sock.gettimeout()  # the read timeout urllib3 set for this request
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("total timeout")  # urllib3 maps it to ReadTimeoutError
+        if self._cap is None or left < self._cap:
+            self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()  # SocketIO: releases its hold on the socket
+        super().close()
+
+
+class _BudgetedResponse(http.client.HTTPResponse):
+    """http.client's response reading (headers and body) through a _BudgetedReader."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        deadline: float | None = getattr(_budget, "deadline", None)
+        if deadline is not None:
+            raw = self.fp.detach()  # nothing was read yet: the buffer is empty
+            self.fp = io.BufferedReader(_BudgetedReader(raw, sock, deadline))
+
+
 # --- guarded urllib3 plumbing ------------------------------------------------------------------
 
 
@@ -113,6 +164,8 @@ class _GuardedConnectionMixin:
     timeout: Any
     source_address: Any
     socket_options: Any
+
+    response_class: type[http.client.HTTPResponse] = _BudgetedResponse
 
     def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,6 +238,17 @@ class GuardedAdapter(HTTPAdapter):
 # --- the engine -------------------------------------------------------------------------------
 
 
+class _Session(requests.Session):
+    """A Session that never prepares a redirect: we follow them ourselves (Attempt.follow).
+
+    With allow_redirects=False requests still builds the next request from Location, and
+    raises UnicodeDecodeError for a Location that is not UTF-8.
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class ThreadEngine(Engine):
     """requests + a thread pool; `fetch_sync` is the whole attempt, `fetch` runs it in the pool."""
 
@@ -227,10 +291,14 @@ class ThreadEngine(Engine):
     def fetch_sync(self, url: str) -> FetchResult:
         """One attempt, blocking the calling thread; never raises."""
         attempt = self.attempt(url)
+        _budget.deadline = attempt.deadline
         try:
             return self._fetch(self._session(), attempt)
         except Exception as exc:
-            return attempt.failed(*classify(exc))
+            failure = attempt.deadline_error() if attempt.expired() else exc
+            return attempt.failed(*classify(failure))
+        finally:
+            _budget.deadline = None
 
     def _fetch(self, session: requests.Session, attempt: Attempt) -> FetchResult:
         url = attempt.begin()
@@ -241,7 +309,10 @@ class ThreadEngine(Engine):
                 url, headers=attempt.headers, stream=True, allow_redirects=False, timeout=timeout
             )
             try:
-                nxt = attempt.follow(resp.status_code, resp.headers.get("Location"))
+                loc = resp.headers.get("Location")  # http.client decodes header bytes as Latin-1
+                nxt = attempt.follow(
+                    resp.status_code, None if loc is None else ascii_location(loc.encode("latin-1"))
+                )
                 if nxt is None:
                     body = attempt.decoder(resp.headers)
                     for chunk in self._chunks(resp, attempt):
@@ -258,14 +329,10 @@ class ThreadEngine(Engine):
             url = nxt
 
     def _chunks(self, resp: requests.Response, attempt: Attempt) -> Iterator[bytes]:
-        """Raw (undecoded) body chunks as they arrive, within the attempt's total budget."""
+        """Raw (undecoded) body chunks as they arrive (each read is budgeted: _BudgetedReader)."""
         raw = resp.raw
         while True:
-            left = attempt.remaining()
-            if left < self.config.read_timeout:  # the total budget is now the tighter bound
-                sock = getattr(raw.connection, "sock", None)
-                if sock is not None:
-                    sock.settimeout(left)
+            attempt.remaining()  # DeadlineExceeded between chunks
             chunk = raw.read1(CHUNK, decode_content=False)
             if not chunk:
                 return
@@ -274,7 +341,7 @@ class ThreadEngine(Engine):
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = _Session()
             session.trust_env = False  # no proxy/.netrc from the environment
             session.headers.clear()  # every header comes from build_headers
             session.verify = certifi.where() if self.config.verify_tls else False
