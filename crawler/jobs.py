@@ -58,7 +58,7 @@ def new_job_id() -> str:
 
 
 def check_job_id(job_id: str) -> str:
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):  # `$` alone lets a trailing newline through
         raise InputError(f"invalid job id {job_id!r}: use 1-64 letters, digits, '-' or '_'")
     return job_id
 

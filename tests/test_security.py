@@ -389,6 +389,7 @@ def test_celery_accepts_json_only() -> None:
         pytest.param(123, 0, id="int-id"),
         pytest.param("bad id", 0, id="space"),
         pytest.param("{x}", 0, id="hash-tag"),
+        pytest.param("j1\n", 0, id="trailing-newline"),
         pytest.param("a" * 65, 0, id="long-id"),
         pytest.param(["j"], 0, id="list-id"),
         pytest.param("j1", -1, id="negative"),

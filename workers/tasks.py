@@ -52,7 +52,7 @@ def _close_runtime(**_: Any) -> None:
 @app.task(name=FETCH_BATCH)
 def fetch_batch(job_id: Any, batch_no: Any) -> dict[str, Any]:
     """Fetch one stored batch of a job; returns a summary Flower shows as the task result."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id) or not isinstance(
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id) or not isinstance(
         batch_no, int
     ) or isinstance(batch_no, bool) or batch_no < 0:
         log.error("rejected %s with invalid arguments %r, %r", FETCH_BATCH, job_id, batch_no)
