@@ -166,6 +166,7 @@ def _norm(host: str) -> str:
 
 
 LITERAL_CACHE_MAX = 4096  # hosts whose literal check is memoised (cleared when full)
+DNS_CACHE_MAX = 4096  # (host, port) answers kept: a crawl over millions of hosts stays bounded
 
 
 class Guard:
@@ -260,8 +261,12 @@ class Guard:
 
     def _store(self, host: str, port: int, addrs: list[str]) -> list[str]:
         if self.cache_ttl > 0:
+            now = time.monotonic()
             with self._lock:
-                self._cache[(_norm(host), port)] = (time.monotonic() + self.cache_ttl, addrs)
+                if len(self._cache) >= DNS_CACHE_MAX:  # expired answers first, else all
+                    live = {k: v for k, v in self._cache.items() if v[0] >= now}
+                    self._cache = live if len(live) < DNS_CACHE_MAX // 2 else {}
+                self._cache[(_norm(host), port)] = (now + self.cache_ttl, addrs)
         return addrs
 
 

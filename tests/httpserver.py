@@ -80,11 +80,17 @@ class HTTPServer:
     """The test app on one address: `start()`/`stop()` or a `with` block."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        log_arrivals: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
+        self.log_arrivals = log_arrivals  # False for long benchmarks: nothing kept per request
         self.scheme = "https" if ssl_context else "http"
         self._arrivals: list[Arrival] = []
         self._cond = threading.Condition()
@@ -180,6 +186,8 @@ class HTTPServer:
         self._fixed[path] = Fixed(status, data, {"Content-Type": content_type, **(headers or {})})
 
     def _record(self, request: web.Request) -> None:
+        if not self.log_arrivals:
+            return
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         arrival = Arrival(

@@ -32,6 +32,8 @@ Case -> test (`engines::` = test_engines.py; those cases are not repeated here):
     TLS: handshake reset                   test_hostile_error[tls-handshake-reset]
     TLS: handshake never answered          test_hostile_error[tls-handshake-silent]
     accepts TCP, never answers             engines::test_timeout_on_a_silent_server
+    TLS failing on every new connection    test_tls_failures_reuse_one_context (memory)
+    a crawl over many host names           test_guard_dns_cache_bounded (memory)
     all of them at once, engine survives   test_engine_survives_everything_at_once
     all of them through the runner         test_runner_one_record_per_url
 """
@@ -47,10 +49,12 @@ from typing import Any
 
 import fakeredis
 import pytest
+import urllib3.connection
 from httpserver import PAGE, HTTPServer
 from rawserver import TLS_HANG, TLS_RESET, RawServer
 
 from crawler.engines import FetchConfig, make_engine
+from crawler.guard import DNS_CACHE_MAX, Guard
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
 from crawler.records import RETRYABLE_ERRORS, ErrorClass, FetchResult, Record
 from crawler.retry import RetryPolicy
@@ -237,6 +241,51 @@ async def test_endless_body_memory_bounded(mode: str, servers: Servers) -> None:
             tracemalloc.stop()
     assert res.error == E.TOO_LARGE
     assert peak < 3 * MAX_BYTES + (4 << 20)  # the cap plus buffers, whatever the body
+
+
+async def test_tls_failures_reuse_one_context(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread engine: a host whose TLS fails costs a new connection per fetch; each used to
+    build a context and parse certifi's whole bundle again (CPU, and an RSS that crept)."""
+    built: list[object] = []
+    wrapped: list[object] = []
+    real_build, real_wrap = (
+        urllib3.connection.create_urllib3_context,
+        urllib3.connection.ssl_wrap_socket,
+    )
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return real_build(*args, **kwargs)
+
+    def wrap(*args: Any, **kwargs: Any) -> Any:
+        wrapped.append(kwargs.get("ca_certs"))
+        return real_wrap(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connection, "create_urllib3_context", build)
+    monkeypatch.setattr(urllib3.connection, "ssl_wrap_socket", wrap)
+    async with make_engine("threads", config()) as engine:
+        results = [await engine.fetch(servers.url("plain-as-tls", f"/ok?{i}")) for i in range(5)]
+    assert {r.error for r in results} == {E.TLS}
+    assert (built, wrapped) == ([], [None] * 5)  # five handshakes, one shared context
+
+
+def test_guard_dns_cache_bounded() -> None:
+    """Per-host state: the thread engine's checked-answer cache over a crawl of many names."""
+
+    class AnyName:
+        async def resolve(self, host: str, port: int) -> list[str]:
+            return self.resolve_sync(host, port)
+
+        def resolve_sync(self, host: str, port: int) -> list[str]:
+            return ["93.184.216.34"]  # a public address: allowed, never contacted here
+
+    guard = Guard(AnyName(), allow_private=False, cache_ttl=300)
+    for i in range(3 * DNS_CACHE_MAX):
+        assert guard.resolve_sync(f"host{i}.test", 80) == ["93.184.216.34"]
+    assert 0 < len(guard._cache) <= DNS_CACHE_MAX
+    assert (f"host{3 * DNS_CACHE_MAX - 1}.test", 80) in guard._cache  # the newest is kept
 
 
 # --- all at once ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 from urllib3.util import connection
+from urllib3.util.ssl_ import create_urllib3_context
 
 from crawler.engines.base import (
     CHUNK,
@@ -217,11 +218,25 @@ class GuardedPoolManager(urllib3.PoolManager):
         return pool
 
 
+def verified_tls_context() -> ssl.SSLContext:
+    """What urllib3 builds for a verified connection, with certifi's CAs, built once.
+
+    Given a CA path instead, urllib3 parses the whole bundle again for every new connection:
+    CPU, and a heap that kept growing on hosts whose TLS fails (a new connection each time).
+    """
+    ctx = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    ctx.load_verify_locations(certifi.where())
+    return ctx
+
+
 class GuardedAdapter(HTTPAdapter):
     """A requests adapter over a GuardedPoolManager (no proxies: the guard checks the peer)."""
 
-    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+    def __init__(
+        self, guard: Guard, *, ssl_context: ssl.SSLContext | None = None, **kwargs: Any
+    ) -> None:
         self.guard = guard  # set first: HTTPAdapter.__init__ calls init_poolmanager
+        self.ssl_context = ssl_context  # verified connections share it (CAs loaded once)
         super().__init__(**kwargs)
 
     def init_poolmanager(
@@ -230,9 +245,17 @@ class GuardedAdapter(HTTPAdapter):
         self._pool_connections = connections
         self._pool_maxsize = maxsize
         self._pool_block = block
+        if self.ssl_context is not None:
+            pool_kwargs["ssl_context"] = self.ssl_context
         self.poolmanager = GuardedPoolManager(
             self.guard, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
         )
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if verify is True and cert is None and self.ssl_context is not None:
+            conn.cert_reqs = "CERT_REQUIRED"  # no ca_certs: the shared context has them
+            return
+        super().cert_verify(conn, url, verify, cert)
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -261,6 +284,7 @@ class ThreadEngine(Engine):
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._tls = verified_tls_context() if config.verify_tls else None
         if not config.verify_tls:
             # The job asked for --insecure; one warning per request would only be noise.
             urllib3.disable_warnings(InsecureRequestWarning)
@@ -344,10 +368,11 @@ class ThreadEngine(Engine):
             session = _Session()
             session.trust_env = False  # no proxy/.netrc from the environment
             session.headers.clear()  # every header comes from build_headers
-            session.verify = certifi.where() if self.config.verify_tls else False
+            session.verify = self.config.verify_tls  # True: certifi, via self._tls
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
             adapter = GuardedAdapter(
                 self.guard,
+                ssl_context=self._tls,
                 pool_connections=HOST_POOLS,
                 pool_maxsize=self.config.concurrency,
                 max_retries=0,
