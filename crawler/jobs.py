@@ -215,13 +215,16 @@ class JobControl:
         return [self.key(job_id, "leases"), self.key(job_id, "owners")]
 
     async def batch_start(
-        self, job_id: str, batch_no: int, worker: str, *, token: str, lease_ms: int
-    ) -> str:
-        """May this worker run the batch? 'run' also gives it a lease of `lease_ms`."""
+        self, job_id: str, batch_no: int, worker: str, *, token: str, lease_ms: int,
+        recent_ms: int = 60_000,
+    ) -> tuple[str, int]:
+        """May this worker run the batch? 'run' also gives it a lease of `lease_ms`. Returns
+        (verdict, workers seen on the job within `recent_ms`)."""
         keys = [*self._batch_keys(job_id, batch_no), self.key(job_id, "workers"),
                 *self._lease_keys(job_id)]
-        reply = await self._start(keys=keys, args=[batch_no, worker, token, lease_ms])
-        return str(reply.decode())
+        verdict, live = await self._start(
+            keys=keys, args=[batch_no, worker, token, lease_ms, recent_ms])
+        return verdict.decode(), int(live)
 
     async def batch_urls(self, job_id: str, batch_no: int) -> list[str]:
         return [u.decode() for u in await self.client.lrange(

@@ -116,14 +116,17 @@ HOST_LATENESS = 0.003  # s: same-host gaps stay within a few ms of the per-host 
 def lateness_allowance(config: LimiterConfig) -> float | None:
     """How late a granted request may start before it gives its slot up (None: no limit).
 
-    Global limit: half its interval, clamped to [2, 20] ms, keeps arrivals within R*W + B + 1
-    for any window W (a late request never lands within half an interval of the next slot).
+    Global limit: a quarter of its interval, clamped to [2, 20] ms. Arrivals stay within
+    R*W + B + 1 in any window W as long as the lateness allowed here plus the time from this
+    check to the server (a new connection's handshake, a busy machine) stays under one
+    interval; a quarter leaves three quarters for the latter (15 ms at R = 50, where a half
+    measured over-runs at job start, when every worker opens its connections at once).
     Per-host limit: 3 ms, so two requests to one host are never closer than the interval
     minus a few ms (a re-asked slot is cheap at per-host rates).
     """
     allowances = []
     if config.qps > 0:
-        allowances.append(min(max(0.5 / config.qps, MIN_LATENESS), MAX_LATENESS))
+        allowances.append(min(max(0.25 / config.qps, MIN_LATENESS), MAX_LATENESS))
     if config.per_host_qps > 0:
         allowances.append(HOST_LATENESS)
     return min(allowances) if allowances else None
@@ -293,7 +296,7 @@ class _Run:
             if not g.granted:
                 self.r.slots.release()
             if g.decision is Decision.GRANTED:
-                self._start(w, g.wait)
+                self._start(w, now + g.wait if g.wait > 0 else None)
                 if w.host in self.parked and w.host not in self.host_timer:
                     self._host_timer(w.host, now + g.wait + self.r.opt.host_interval)
             elif g.decision is Decision.DEFER_HOST:
@@ -307,12 +310,14 @@ class _Run:
                 horizon = self.r.limiter.config.global_horizon
                 self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
 
-    def _start(self, w: Work, wait: float) -> None:
+    def _start(self, w: Work, due: float | None) -> None:
+        """Fetch `w` now (`due` None) or at loop time `due`, its slot: a wait is timed from
+        the reply, not from when the task happens to start, so a slow loop shows as lateness."""
         self.inflight += 1  # its slot was taken in _dispatch
         self.stats.inflight = self.inflight
-        task = asyncio.create_task(self._fetch(w, wait))
+        task = asyncio.create_task(self._fetch(w, due))
         self.tasks.add(task)
-        if wait > 0:
+        if due is not None:
             self.sleeping[task] = w
         task.add_done_callback(self._fetch_done)
 
@@ -326,10 +331,9 @@ class _Run:
             self.failure = task.exception()  # a bug, not a fetch failure: surface it
         self.wake.set()
 
-    async def _fetch(self, w: Work, wait: float) -> None:
-        if wait > 0:
-            due = self.loop.time() + wait
-            await asyncio.sleep(wait)
+    async def _fetch(self, w: Work, due: float | None) -> None:
+        if due is not None:
+            await asyncio.sleep(max(due - self.loop.time(), 0.0))
             self.sleeping.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             if self.lateness is not None and self.loop.time() - due > self.lateness:
                 # Woken too late (a busy machine): going now could bunch with the next slot

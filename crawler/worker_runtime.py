@@ -103,6 +103,7 @@ class WorkerRuntime:
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}
         self.running: dict[str, dict[int, tuple[str, BatchRunner]]] = defaultdict(dict)
         self.peers = 1  # workers seen recently on our jobs: the fallback limiter's divisor
+        self._marked: dict[str, float] = {}  # job -> when this process last listed it
         self._loops = [asyncio.create_task(c) for c in (
             self._poll_controls(), self._heartbeat(), self._reap())]
 
@@ -140,15 +141,16 @@ class WorkerRuntime:
             return summary | {"outcome": "rejected_spec"}
         except JobNotFound:
             return summary | {"outcome": "missing"}
-        await self.leases.mark([job_id])  # before the lease exists: a reaper will look
+        await self._mark(job_id)  # before the lease exists: a reaper will look
         token = f"{self.run_id}:{next(self._seq)}"
         lease_ms = self.timing.lease_ms
-        verdict = await self.jobs.batch_start(job_id, batch_no, self.name, token=token,
-                                              lease_ms=lease_ms)
+        verdict, live = await self.jobs.batch_start(
+            job_id, batch_no, self.name, token=token, lease_ms=lease_ms,
+            recent_ms=self.timing.recent_ms)
         if verdict != "run":
             return summary | {"outcome": verdict}
         # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
-        self.peers = max(self.peers, (await self.leases.renew(job_id, self.name, {}))[0])
+        self.peers = max(self.peers, live)
         store = self.jobs.store(job_id)
         runner = BatchRunner(
             await self._engine(options), self._limiter(options),
@@ -180,6 +182,14 @@ class WorkerRuntime:
             "failed": stats.failed, "bytes": stats.bytes, "left": len(runner.leftover),
             "stop": runner.stop_reason, "elapsed_s": round(time.monotonic() - t0, 3),
         }
+
+    async def _mark(self, job_id: str) -> None:
+        """Put the job on the reapers' list, once per heartbeat period at most (it stays there
+        until the job is over; the heartbeat marks it again anyway)."""
+        now = time.monotonic()
+        if now - self._marked.get(job_id, -1e9) >= self.timing.heartbeat:
+            await self.leases.mark([job_id])
+            self._marked[job_id] = now
 
     async def _send(self, job_id: str, batch_nos: list[int]) -> None:
         await self.loop.run_in_executor(None, send_batches, self._broker(), job_id, batch_nos)

@@ -263,9 +263,9 @@ async def test_stop_cancels_granted_fetches_still_waiting_for_their_slot(redis) 
     ("config", "expected"),
     [
         pytest.param(LimiterConfig(), None, id="no-limits"),
-        pytest.param(LimiterConfig(qps=50), 0.01, id="half-interval"),
+        pytest.param(LimiterConfig(qps=50), 0.005, id="quarter-interval"),
         pytest.param(LimiterConfig(qps=10_000), 0.002, id="floor"),
-        pytest.param(LimiterConfig(qps=1), 0.02, id="cap"),
+        pytest.param(LimiterConfig(qps=5), 0.02, id="cap"),
         pytest.param(LimiterConfig(per_host_qps=1), 0.003, id="per-host"),
         pytest.param(LimiterConfig(qps=10, per_host_qps=100), 0.003, id="tightest"),
     ],

@@ -15,40 +15,48 @@
 -- KEYS[5] workers   hash worker name -> last seen (ms)
 -- KEYS[6] leases    sorted set batch number -> lease expiry (ms, Redis clock)
 -- KEYS[7] owners    hash batch number -> owner token ('' = handed back)
--- ARGV[1] batch number; ARGV[2] worker name; ARGV[3] owner token; ARGV[4] lease length (ms)
--- Returns 'run', 'paused' (parked), 'cancelled' (URLs counted as cancelled), 'gone' (the batch
---         is already done: a redelivered task), 'leased' (running elsewhere) or 'missing'.
+-- ARGV[1] batch number; ARGV[2] worker name; ARGV[3] owner token; ARGV[4] lease length (ms);
+-- ARGV[5] "recently" (ms)
+-- Returns {verdict, workers seen recently on the job}; verdict 'run', 'paused' (parked),
+--         'cancelled' (URLs counted as cancelled), 'gone' (the batch is already done: a
+--         redelivered task), 'leased' (running elsewhere) or 'missing'. The count is the local
+--         fallback limiter's divisor (see lease_renew.lua).
 -- Clock   Redis TIME, for lease expiry, started and last-seen times.
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
+if not state then return {'missing', 0} end
 local n = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_ms = string.format('%d', now)
 redis.call('HSET', KEYS[5], ARGV[2], now_ms)
+local live = 0
+local seen = redis.call('HGETALL', KEYS[5])
+for i = 2, #seen, 2 do
+  if tonumber(seen[i]) >= now - tonumber(ARGV[5]) then live = live + 1 end
+end
 local function unlease()
   redis.call('ZREM', KEYS[6], n)
   redis.call('HDEL', KEYS[7], n)
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   unlease()
-  return 'gone'
+  return {'gone', live}
 end
 local expiry = tonumber(redis.call('ZSCORE', KEYS[6], n))
 if expiry and expiry > now then
   local owner = redis.call('HGET', KEYS[7], n)
-  if owner and owner ~= '' and owner ~= ARGV[3] then return 'leased' end
+  if owner and owner ~= '' and owner ~= ARGV[3] then return {'leased', live} end
 end
 if state == 'cancelled' then
   redis.call('HINCRBY', KEYS[4], 'cancelled', redis.call('LLEN', KEYS[3]))
   redis.call('DEL', KEYS[3])
   unlease()
-  return 'cancelled'
+  return {'cancelled', live}
 end
 if state == 'paused' then
   redis.call('SADD', KEYS[2], n)
   unlease()
-  return 'paused'
+  return {'paused', live}
 end
 if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'started', now_ms)
@@ -56,4 +64,4 @@ end
 redis.call('SREM', KEYS[2], n)  -- resumed: no longer held
 redis.call('ZADD', KEYS[6], string.format('%d', now + tonumber(ARGV[4])), n)
 redis.call('HSET', KEYS[7], n, ARGV[3])
-return 'run'
+return {'run', live}
