@@ -35,43 +35,59 @@ T = TypeVar("T")
 TRANSIENT: tuple[type[RedisError], ...] = (ConnectionError, TimeoutError, ReadOnlyError)
 BACKOFF_BASE = 0.05  # s: the first retry comes quickly (a blip)...
 BACKOFF_CAP = 5.0  # s: ...later ones at most this far apart (a restart takes seconds)
+SETTLE = 1.0  # s of answers without a failure before an outage counts as over
 
 
 class Outage:
-    """Whether Redis is reachable, as seen by one client; logs transitions only."""
+    """Whether Redis is reachable, as seen by one client; logs one line per outage each way.
 
-    def __init__(self, where: str) -> None:
+    A Redis that is shutting down (or flapping) may answer a few calls between failures; those
+    belong to the same outage. It is over, and said to be, at the first answer `settle`
+    seconds after answers resumed with no failure in between.
+    """
+
+    def __init__(self, where: str, *, settle: float = SETTLE) -> None:
         self.where = where  # already masked: this string is logged
-        self.down_since: float | None = None
-        self.up_since = float("-inf")  # no outage seen yet
+        self.settle = settle
+        self.down_since: float | None = None  # start of the outage under way
+        self.last_failure = float("-inf")
+        self.resumed: float | None = None  # first answer after the last failure
+        self.up_since = float("-inf")  # answers resumed (no outage yet: -inf)
         self.outages = 0  # completed outages, for tests and status
         self.failures = 0  # failed attempts in all
         self.aborted = threading.Event()  # set at shutdown: waiting callers give up
-        self.is_down = threading.Event()  # set while down: tests and callers can wait on it
+        self.is_down = threading.Event()  # set while failing: tests and callers can wait on it
 
     def failed(self, error: BaseException) -> None:
         self.failures += 1
+        self.last_failure = time.monotonic()
+        self.resumed = None
+        self.is_down.set()
         if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.is_down.set()
+            self.down_since = self.last_failure
+            detail = str(error).splitlines()[0] if str(error) else ""
             log.warning("Redis at %s unreachable (%s: %s); retrying with back-off up to %.0f s "
-                        "apart", self.where, type(error).__name__, str(error).splitlines()[0]
-                        if str(error) else "", BACKOFF_CAP)
+                        "apart", self.where, type(error).__name__, detail, BACKOFF_CAP)
 
     def succeeded(self, attempt_started: float) -> None:
         """A call that began at `attempt_started` got its answer. One that began before the
-        outage was noticed proves nothing (its reply may have left just before the cut)."""
-        if self.down_since is not None and attempt_started >= self.down_since:
-            now = time.monotonic()
-            log.warning("Redis at %s is back after %.1f s", self.where, now - self.down_since)
-            self.down_since = None
+        last failure proves nothing (its reply may have left just before the cut)."""
+        if self.down_since is None or attempt_started < self.last_failure:
+            return
+        now = time.monotonic()
+        if self.resumed is None:
+            self.resumed = self.up_since = now
             self.is_down.clear()
-            self.up_since = now
+        if now - self.resumed >= self.settle:
+            log.warning("Redis at %s is back after %.1f s", self.where,
+                        self.resumed - self.down_since)
+            self.down_since = self.resumed = None
             self.outages += 1
 
     def up_for(self) -> float:
-        """Seconds since this client's last outage ended (0 while down, inf if none yet)."""
-        if self.down_since is not None:
+        """Seconds since answers resumed after the last failure (0 while failing, inf if
+        there was never a failure)."""
+        if self.is_down.is_set():
             return 0.0
         return time.monotonic() - self.up_since
 

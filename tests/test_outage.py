@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from redisserver import RedisServer, free_port
 
+from crawler import outage as outage_module
 from crawler.backend import check_redis, outage_of, redis_client
 from crawler.errors import BackendUnavailable
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
@@ -35,6 +36,7 @@ async def test_a_restart_is_waited_out_and_said_once(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = redis_client(own_redis.url)
+    outage_of(client).settle = 0  # type: ignore[union-attr]  # over at the first answer
     await client.set("k", "before")
     own_redis.halt()
     caplog.set_level(logging.WARNING, logger="crawler.outage")
@@ -49,6 +51,34 @@ async def test_a_restart_is_waited_out_and_said_once(
     assert sum("is back after" in x for x in lines) == 1, lines
     assert outage_of(client).outages == 1  # type: ignore[union-attr]
     await client.aclose()
+
+
+def test_a_flapping_redis_is_one_outage(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Redis shutting down answers a few calls between failures: still one outage.
+    now = [100.0]
+    monkeypatch.setattr(outage_module.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="crawler.outage")
+    o = outage_module.Outage("redis://x:1/0", settle=1.0)
+
+    def tick(dt: float) -> float:
+        now[0] += dt
+        return now[0]
+
+    o.failed(ConnectionError("closed"))
+    o.succeeded(tick(0.1))
+    assert not o.is_down.is_set() and o.outages == 0  # answers again, not yet "back"
+    o.failed(ConnectionError("refused"))
+    assert o.up_for() == 0.0
+    o.succeeded(tick(2.0))  # answers resume...
+    o.succeeded(tick(0.5))
+    assert o.outages == 0
+    o.succeeded(tick(0.6))  # ...and after a whole second of them, it is over
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in x for x in lines) == 1
+    assert lines[-1] == "Redis at redis://x:1/0 is back after 2.1 s"
+    assert o.outages == 1 and o.up_for() == pytest.approx(1.1)
 
 
 async def test_patience_runs_out_with_the_error() -> None:

@@ -5,6 +5,7 @@ Everything is started as a user would: real processes on loopback, nothing mocke
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -39,6 +40,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def urls_for(sites: list[HTTPServer], n: int, tag: str) -> list[str]:
+    """n pages spread over the sites, tagged (?t=tag) so a test finds its own arrivals."""
+    cycle = itertools.cycle(sites)
+    return [next(cycle).url(f"/page/{i}?t={tag}") for i in range(n)]
 
 
 class Cluster:

@@ -17,7 +17,7 @@ import pytest
 from httpserver import HTTPServer
 
 from crawler import Crawler, JobState
-from e2e.conftest import Cluster, crawler_env, wait_until
+from e2e.conftest import Cluster, crawler_env, urls_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,6 @@ def cli(cluster: Cluster, *args: str, stdin: bytes | None = None) -> subprocess.
 def api(cluster: Cluster) -> Iterator[Crawler]:
     with Crawler(redis_url=cluster.redis_url) as c:
         yield c
-
-
-def urls_for(sites: list[HTTPServer], n: int, tag: str) -> list[str]:
-    cycle = itertools.cycle(sites)
-    return [next(cycle).url(f"/page/{i}?t={tag}") for i in range(n)]
 
 
 def arrivals(sites: list[HTTPServer], tag: str) -> list[tuple[str, float]]:

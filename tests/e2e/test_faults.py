@@ -7,7 +7,7 @@ since it kills them. Guarantees and bounds are the ones stated in README "Reliab
 
 from __future__ import annotations
 
-import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +24,7 @@ from redisserver import RedisServer
 
 from crawler import Crawler, JobState
 from crawler.broker import FETCH_BATCH, producer_app, send_batches
-from e2e.conftest import Cluster, crawler_env, wait_until
+from e2e.conftest import Cluster, crawler_env, urls_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +60,6 @@ def make_cluster(
     yield make
     for c in made:
         c.stop()
-
-
-def urls_for(sites: list[HTTPServer], n: int, tag: str) -> list[str]:
-    cycle = itertools.cycle(sites)
-    return [next(cycle).url(f"/page/{i}?t={tag}") for i in range(n)]
 
 
 def first_arrival(sites: list[HTTPServer], tag: str) -> dict[str, float]:
@@ -103,17 +98,23 @@ def batch_urls(r: redis.Redis, job: str, n: int) -> list[str]:
     return [u.decode() for u in r.lrange(f"crawler:job:{{{job}}}:batch:{n}", 0, -1)]
 
 
+def slow_job_held_by(api: Crawler, r: redis.Redis, urls: list[str], worker: str) -> str:
+    """Submit a job paced by a per-host limit; return once `worker` runs one of its batches."""
+    job = api.submit(urls, per_host_qps=10, allow_private_networks=True, batch_size=40)
+    wait_until(lambda: any(t.startswith(f"{worker}:") for t in owners(r, job).values())
+               and api.status(job).done >= 20, 60, f"{worker} running a batch")
+    return job
+
+
 def test_sigkill_mid_batch_its_urls_come_back_within_the_bound(
     make_cluster: ClusterFactory, own_redis: RedisServer, clean_sites: list[HTTPServer]
 ) -> None:
     # Given two workers sharing a slow job (per-host limit), each holding batches
     c = make_cluster(["k1@e2e", "k2@e2e"])
     urls = urls_for(clean_sites, 240, "kill")
+    r = own_redis.client()
     with Crawler(redis_url=own_redis.url) as api:
-        job = api.submit(urls, per_host_qps=10, allow_private_networks=True, batch_size=40)
-        r = own_redis.client()
-        wait_until(lambda: any(t.startswith("k1@e2e:") for t in owners(r, job).values())
-                   and api.status(job).done >= 20, 60, "k1 running a batch")
+        job = slow_job_held_by(api, r, urls, "k1@e2e")
         # When k1 is killed with SIGKILL mid-batch
         held = [n for n, t in owners(r, job).items() if t.startswith("k1@e2e:")]
         orphans = [u for n in held for u in batch_urls(r, job, n)]
@@ -138,10 +139,7 @@ def test_sigterm_hands_back_and_exits_cleanly_with_no_refetch(
     c = make_cluster(["t1@e2e", "t2@e2e"])
     urls = urls_for(clean_sites, 240, "term")
     with Crawler(redis_url=own_redis.url) as api:
-        job = api.submit(urls, per_host_qps=10, allow_private_networks=True, batch_size=40)
-        r = own_redis.client()
-        wait_until(lambda: any(t.startswith("t1@e2e:") for t in owners(r, job).values())
-                   and api.status(job).done >= 20, 60, "t1 running a batch")
+        job = slow_job_held_by(api, own_redis.client(), urls, "t1@e2e")
         # When t1 gets SIGTERM (a scale-down)
         stopped_at = time.monotonic()
         proc = c.procs["t1@e2e"]
@@ -185,11 +183,13 @@ def test_redis_restart_mid_job_is_waited_out_and_said_once(
     with Crawler(redis_url=own_redis.url) as api:
         assert api.wait(job, timeout=10).state is JobState.FINISHED
         assert_exactly_once(api, job, urls)
-    # Said once, not in a storm: one "unreachable" line per Redis client that noticed.
-    assert err.decode().count("unreachable") <= 1, err.decode()
+    # Said once, not in a storm (a Redis shutting down still answers a few calls: one outage)
+    assert err.decode().count("unreachable (") <= 1, err.decode()
     for name in ("r1@e2e", "r2@e2e"):
         log = c.log(name)
-        assert log.count("crawler.outage") <= 4 and log.count("unreachable") <= 3, log[-3000:]
+        said = re.findall(r"Redis at \S+ (unreachable|is back)", log)
+        assert said == ["unreachable", "is back"], log[-3000:]
+        assert log.count("shared rate limiter unavailable") <= 1, log[-3000:]
 
 
 def test_full_restart_of_redis_and_all_workers_resumes_the_job(
