@@ -19,6 +19,7 @@ URL length (about 60 bytes per URL in Redis instead of the URL itself).
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -65,11 +66,14 @@ class ResultStore:
         self.calls = 0  # Redis round trips made by write(): reported by the benchmark
 
     async def claim(self, urls: Sequence[str]) -> list[str]:
-        """Accept URLs into the job, dropping ones accepted before. One round trip per call."""
+        """Accept URLs into the job, dropping ones accepted before. One round trip per call;
+        safe to retry (see claim.lua)."""
         if not urls:
             return []
+        call = job_key(self.prefix, self.job_id, f"claim:{os.urandom(8).hex()}")
         flags = await self._claim_script(
-            keys=[self.keys["queued"], self.keys["counters"]], args=[url_digest(u) for u in urls]
+            keys=[self.keys["queued"], self.keys["counters"], call],
+            args=[url_digest(u) for u in urls],
         )
         return [u for u, f in zip(urls, flags, strict=True) if f == ord("1")]
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from crawler.export import export, format_for_path
 from crawler.records import ErrorClass, FetchResult, Record
-from crawler.store import PendingRecord, ResultStore
+from crawler.store import PendingRecord, ResultStore, url_digest
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -103,3 +103,16 @@ def test_format_for_path() -> None:
     assert format_for_path("x.CSV", "jsonl") == "jsonl"
     assert format_for_path("x.jsonl", None) == "jsonl"
     assert format_for_path(None, None) == "jsonl"
+
+
+async def test_a_retried_claim_gets_the_same_answer(client: aioredis.Redis) -> None:
+    # The reply of a claim was lost (connection cut after Redis ran it): the client retries
+    # the same call, which must not turn its new URLs into "seen before" (never fetched).
+    store = ResultStore(client, "j1")
+    keys = [store.keys["queued"], store.keys["counters"], "crawler:job:{j1}:claim:call1"]
+    args = [url_digest(u) for u in ("http://a/", "http://b/")]
+    first = await store._claim_script(keys=keys, args=args)
+    again = await store._claim_script(keys=keys, args=args)
+    assert first == again == b"11"
+    assert (await store.counters())["total"] == 2
+    assert await client.ttl("crawler:job:{j1}:claim:call1") > 3000
