@@ -132,9 +132,14 @@ class JobControl:
         await self.client.zadd(jobs_index(self.prefix), {job_id: now_ms})
 
     def add_batch(self, pipe: Any, job_id: str, batch_no: int, urls: list[str]) -> None:
-        """Queue the commands storing one batch on `pipe` (the caller sends many at once)."""
-        pipe.rpush(self.key(job_id, f"batch:{batch_no}"), *urls)
-        pipe.hincrby(self.key(job_id, "meta"), "batches", 1)
+        """Queue the commands storing one batch on `pipe` (the caller sends many at once).
+
+        Safe to send twice (a retry after a lost reply): the list is written whole and the
+        count set, not incremented. No worker has the batch yet: its message goes after."""
+        key = self.key(job_id, f"batch:{batch_no}")
+        pipe.delete(key)
+        pipe.rpush(key, *urls)
+        pipe.hset(self.key(job_id, "meta"), "batches", batch_no + 1)
 
     async def mark_submitted(self, job_id: str, *, rejected: int) -> None:
         """Every batch is enqueued: from now on the job can finish."""
