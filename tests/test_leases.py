@@ -124,3 +124,16 @@ async def test_paused_and_cancelled_batches_hold_no_lease(client: aioredis.Redis
 def test_timing_derives_from_the_lease() -> None:
     t = LeaseTiming(20)
     assert (t.lease_ms, t.heartbeat, t.reap_every) == (20_000, 5.0, 5.0)
+
+
+async def test_a_batch_sent_twice_is_stored_once(client: aioredis.Redis) -> None:
+    # The reply of the pipeline storing a batch was lost and the client sent it again.
+    jobs = JobControl(client)
+    await jobs.create(JOB, {})
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        jobs.add_batch(pipe, JOB, 0, ["http://h/a", "http://h/b"])
+        await pipe.execute()
+    assert await client.lrange(f"crawler:job:{{{JOB}}}:batch:0", 0, -1) == [
+        b"http://h/a", b"http://h/b"]
+    assert (await jobs.status(JOB)).batches == 1
