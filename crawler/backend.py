@@ -45,7 +45,9 @@ def redis_client(url: str | None, *, patience: float | None = FOREVER,
     outage = Outage(mask_url(url))
     kwargs: dict[str, Any]
     if fail_fast:
-        kwargs = {"retry": Retry(NoBackoff(), 0), "socket_timeout": FAIL_FAST_TIMEOUT,
+        # One immediate retry on a fresh connection: after a Redis restart every pooled
+        # connection fails once; a Redis that is really down refuses both at once.
+        kwargs = {"retry": Retry(NoBackoff(), 1), "socket_timeout": FAIL_FAST_TIMEOUT,
                   "socket_connect_timeout": FAIL_FAST_TIMEOUT}
     else:
         kwargs = {"retry": PatientRetry(outage, give_up_after=patience),

@@ -36,6 +36,8 @@ TRANSIENT: tuple[type[RedisError], ...] = (ConnectionError, TimeoutError, ReadOn
 BACKOFF_BASE = 0.05  # s: the first retry comes quickly (a blip)...
 BACKOFF_CAP = 5.0  # s: ...later ones at most this far apart (a restart takes seconds)
 SETTLE = 1.0  # s of answers without a failure before an outage counts as over
+DOWN = f"Redis at %s unreachable (%s: %s); retrying with back-off up to {BACKOFF_CAP:.0f} s apart"
+BACK = "Redis at %s is back after %.1f s"
 
 
 class Outage:
@@ -46,9 +48,12 @@ class Outage:
     seconds after answers resumed with no failure in between.
     """
 
-    def __init__(self, where: str, *, settle: float = SETTLE) -> None:
+    def __init__(self, where: str, *, settle: float = SETTLE, down: str = DOWN,
+                 back: str = BACK) -> None:
         self.where = where  # already masked: this string is logged
         self.settle = settle
+        self.down_message = down  # %-format with (where, error type, error detail)
+        self.back_message = back  # %-format with (where, seconds)
         self.down_since: float | None = None  # start of the outage under way
         self.last_failure = float("-inf")
         self.resumed: float | None = None  # first answer after the last failure
@@ -66,8 +71,7 @@ class Outage:
         if self.down_since is None:
             self.down_since = self.last_failure
             detail = str(error).splitlines()[0] if str(error) else ""
-            log.warning("Redis at %s unreachable (%s: %s); retrying with back-off up to %.0f s "
-                        "apart", self.where, type(error).__name__, detail, BACKOFF_CAP)
+            log.warning(self.down_message, self.where, type(error).__name__, detail)
 
     def succeeded(self, attempt_started: float) -> None:
         """A call that began at `attempt_started` got its answer. One that began before the
@@ -79,8 +83,7 @@ class Outage:
             self.resumed = self.up_since = now
             self.is_down.clear()
         if now - self.resumed >= self.settle:
-            log.warning("Redis at %s is back after %.1f s", self.where,
-                        self.resumed - self.down_since)
+            log.warning(self.back_message, self.where, self.resumed - self.down_since)
             self.down_since = self.resumed = None
             self.outages += 1
 

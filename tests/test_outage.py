@@ -132,6 +132,7 @@ async def test_fallback_paces_locally_at_a_share_and_returns_to_redis(
     remote = AsyncRateLimiter(redis_client(url, fail_fast=True),
                               LimiterConfig(per_host_qps=10, host_horizon=10))
     limiter = FallbackLimiter(remote, lambda: 0.5, retry_every=0.0)
+    limiter.outage.settle = 0  # over at the first answer
     caplog.set_level(logging.WARNING, logger="crawler.ratelimit.fallback")
     grants = await limiter.acquire_many(["h"] * 4)
     # 10/s shared by two workers: 5/s here, i.e. slots 200 ms apart, never failing open.

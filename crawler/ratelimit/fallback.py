@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crawler.errors import BackendUnavailable
+from crawler.outage import Outage
 from crawler.ratelimit import AsyncRateLimiter, Grant, LimiterConfig
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,13 @@ class FallbackLimiter:
         self.retry_every = retry_every
         self._local: AsyncRateLimiter | None = None
         self._local_share = 0.0
-        self._down_since: float | None = None
         self._next_try = 0.0
+        # The same bookkeeping as the Redis clients: one line when the shared limiter goes, one
+        # when it is back for good (a restarting Redis answers a few calls in between).
+        self.outage = Outage(
+            "shared rate limiter",
+            down="%s unavailable (%s: %s); pacing locally",
+            back="%s is back after %.1f s")
         self.fallbacks = 0  # times the local limiter took over (tests, stats)
 
     @property
@@ -65,16 +71,17 @@ class FallbackLimiter:
 
     @property
     def degraded(self) -> bool:
-        return self._down_since is not None
+        return self.outage.is_down.is_set()
 
     async def acquire_many(self, hosts: Sequence[str]) -> list[Grant]:
         if self._remote_worth_trying():
+            started = time.monotonic()
             try:
                 grants = await self.remote.acquire_many(hosts)
             except BackendUnavailable as exc:
                 self._went_down(exc)
             else:
-                self._came_back()
+                self.outage.succeeded(started)
                 return grants
         return await self._fallback().acquire_many(hosts)
 
@@ -83,34 +90,28 @@ class FallbackLimiter:
 
     async def penalize(self, host: str, retry_after: float | None = None) -> float:
         if self._remote_worth_trying():
+            started = time.monotonic()
             try:
                 left = await self.remote.penalize(host, retry_after)
             except BackendUnavailable as exc:
                 self._went_down(exc)
             else:
-                self._came_back()
+                self.outage.succeeded(started)
                 return left
         return await self._fallback().penalize(host, retry_after)
 
     # --- state --------------------------------------------------------------------------------
 
     def _remote_worth_trying(self) -> bool:
-        return self._down_since is None or time.monotonic() >= self._next_try
+        return not self.degraded or time.monotonic() >= self._next_try
 
     def _went_down(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._next_try = now + self.retry_every
-        if self._down_since is None:
-            self._down_since = now
+        self._next_try = time.monotonic() + self.retry_every
+        if not self.degraded:
             self.fallbacks += 1
-            log.warning("shared rate limiter unavailable (%s); pacing locally at %.0f %% of the "
-                        "job's rates until Redis answers", exc, 100 * self.share())
-
-    def _came_back(self) -> None:
-        if self._down_since is not None:
-            log.warning("shared rate limiter is back after %.1f s",
-                        time.monotonic() - self._down_since)
-            self._down_since = None
+            self.outage.down_message = ("%s unavailable (%s: %s); pacing locally at "
+                                        f"{100 * self.share():.0f} % of the job's rates")
+        self.outage.failed(exc.__cause__ or exc)
 
     def _fallback(self) -> AsyncRateLimiter:
         share = self.share()
