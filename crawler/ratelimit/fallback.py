@@ -110,7 +110,7 @@ class FallbackLimiter:
         if not self.degraded:
             self.fallbacks += 1
             self.outage.down_message = ("%s unavailable (%s: %s); pacing locally at "
-                                        f"{100 * self.share():.0f} % of the job's rates")
+                                        f"{100 * self.share():.0f} %% of the job's rates")
         self.outage.failed(exc.__cause__ or exc)
 
     def _fallback(self) -> AsyncRateLimiter:
