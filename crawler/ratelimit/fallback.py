@@ -14,7 +14,6 @@ the job did not ask for.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,8 +21,6 @@ from typing import Any
 from crawler.errors import BackendUnavailable
 from crawler.outage import Outage
 from crawler.ratelimit import AsyncRateLimiter, Grant, LimiterConfig
-
-log = logging.getLogger(__name__)
 
 RETRY_EVERY = 1.0  # s between attempts to return to the shared limiter
 
