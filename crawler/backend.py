@@ -15,12 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from crawler.errors import BackendUnavailable
-from crawler.outage import Outage, PatientRetry
+from crawler.outage import Outage, PatientRetry, RetryOnce
 from crawler.settings import mask_url
 
 # Seconds to wait for Redis to answer before the CLI says it is unreachable.
@@ -47,7 +45,7 @@ def redis_client(url: str | None, *, patience: float | None = FOREVER,
     if fail_fast:
         # One immediate retry on a fresh connection: after a Redis restart every pooled
         # connection fails once; a Redis that is really down refuses both at once.
-        kwargs = {"retry": Retry(NoBackoff(), 1), "socket_timeout": FAIL_FAST_TIMEOUT,
+        kwargs = {"retry": RetryOnce(), "socket_timeout": FAIL_FAST_TIMEOUT,
                   "socket_connect_timeout": FAIL_FAST_TIMEOUT}
     else:
         kwargs = {"retry": PatientRetry(outage, give_up_after=patience),

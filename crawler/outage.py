@@ -24,8 +24,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, ReadOnlyError, RedisError, TimeoutError
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    ReadOnlyError,
+    RedisError,
+    TimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ T = TypeVar("T")
 
 # Errors worth waiting out. BusyLoadingError (Redis replaying its AOF) is a ConnectionError.
 TRANSIENT: tuple[type[RedisError], ...] = (ConnectionError, TimeoutError, ReadOnlyError)
+# ConnectionErrors that no wait cures: a wrong password is said at once, not retried forever.
+REFUSED: tuple[type[RedisError], ...] = (AuthenticationError, AuthorizationError)
 BACKOFF_BASE = 0.05  # s: the first retry comes quickly (a blip)...
 BACKOFF_CAP = 5.0  # s: ...later ones at most this far apart (a restart takes seconds)
 SETTLE = 1.0  # s of answers without a failure before an outage counts as over
@@ -130,7 +139,7 @@ class PatientRetry(Retry):
             try:
                 result = await do()
             except self._supported_errors as error:
-                if is_retryable and not is_retryable(error):
+                if isinstance(error, REFUSED) or (is_retryable and not is_retryable(error)):
                     raise
                 failures += 1
                 # redis-py's handler drops the connection: the next attempt reconnects.
@@ -146,3 +155,27 @@ class PatientRetry(Retry):
                 self.outage.succeeded(attempt)
                 return result
 
+
+
+class RetryOnce(Retry):
+    """One immediate retry on a fresh connection, for clients that must fail fast: after a
+    Redis restart every pooled connection fails once, which is no outage. A refused
+    password is not retried."""
+
+    def __init__(self) -> None:
+        super().__init__(NoBackoff(), 1, TRANSIENT)
+
+    __hash__ = Retry.__hash__
+
+    async def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, REFUSED) and (is_retryable is None or
+                                                       is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)

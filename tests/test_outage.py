@@ -153,3 +153,17 @@ async def test_fallback_paces_locally_at_a_share_and_returns_to_redis(
         server.stop()
         await remote.client.aclose()
 
+
+
+async def test_a_refused_password_is_not_waited_out() -> None:
+    # A worker (patience: forever) with a wrong password must fail, not retry for ever.
+    server = RedisServer(extra_args=("--requirepass", "right"))
+    try:
+        for fail_fast in (False, True):
+            url = server.url.replace("redis://", "redis://:wrong@")
+            client = redis_client(url, fail_fast=fail_fast)
+            with pytest.raises(Exception, match=r"(?i)invalid|auth|WRONGPASS"):
+                await asyncio.wait_for(client.ping(), 10)
+            await client.aclose()
+    finally:
+        server.stop()
