@@ -157,7 +157,10 @@ async def test_fallback_paces_locally_at_a_share_and_returns_to_redis(
 
 async def test_a_refused_password_is_not_waited_out() -> None:
     # A worker (patience: forever) with a wrong password must fail, not retry for ever.
-    server = RedisServer(extra_args=("--requirepass", "right"))
+    server = RedisServer()
+    admin = server.client()
+    admin.config_set("requirepass", "right")
+    admin.close()
     try:
         for fail_fast in (False, True):
             url = server.url.replace("redis://", "redis://:wrong@")
