@@ -216,6 +216,7 @@ def test_full_restart_of_redis_and_all_workers_resumes_the_job(
     assert "lost their worker" in c2.log("f3@e2e") + c2.log("f4@e2e")
 
 
+@pytest.mark.flaky(reruns=2, reruns_delay=5)  # server-side timing: see test_distributed.TIMING
 @pytest.mark.parametrize("penalized, window", [("/retry-after/2", 2.0), ("/flaky/pen/1", 0.5)])
 def test_a_429_or_503_slows_that_host_for_every_worker_and_no_other(
     penalized: str, window: float, cluster: Cluster, clean_sites: list[HTTPServer]
