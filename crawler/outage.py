@@ -139,7 +139,7 @@ class PatientRetry(Retry):
             try:
                 result = await do()
             except self._supported_errors as error:
-                if isinstance(error, REFUSED) or (is_retryable and not is_retryable(error)):
+                if not worth_retrying(error, is_retryable):
                     raise
                 failures += 1
                 # redis-py's handler drops the connection: the next attempt reconnects.
@@ -154,7 +154,6 @@ class PatientRetry(Retry):
             else:
                 self.outage.succeeded(attempt)
                 return result
-
 
 
 class RetryOnce(Retry):
@@ -174,8 +173,10 @@ class RetryOnce(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        def retryable(error: Exception) -> bool:
-            return not isinstance(error, REFUSED) and (is_retryable is None or
-                                                       is_retryable(error))
+        return await super().call_with_retry(
+            do, fail, lambda error: worth_retrying(error, is_retryable), with_failure_count)
 
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+def worth_retrying(error: Exception, is_retryable: Callable[[Exception], bool] | None) -> bool:
+    """A transient error, unless it is a refusal (no wait cures it) or the caller says no."""
+    return not isinstance(error, REFUSED) and (is_retryable is None or is_retryable(error))
