@@ -63,7 +63,8 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def _script(client: Any, name: str) -> Any:
+def lua_script(client: Any, name: str) -> Any:
+    """A packaged `crawler/lua/<name>` registered on `client` (EVALSHA, reloaded on NOSCRIPT)."""
     return client.register_script(resources.files("crawler").joinpath(f"lua/{name}").read_text())
 
 
@@ -109,9 +110,9 @@ class JobControl:
     def __init__(self, client: Any, prefix: str = "crawler") -> None:
         self.client = client
         self.prefix = prefix
-        self._start = _script(client, "job_batch_start.lua")
-        self._end = _script(client, "job_batch_end.lua")
-        self._control = _script(client, "job_control.lua")
+        self._start = lua_script(client, "job_batch_start.lua")
+        self._end = lua_script(client, "job_batch_end.lua")
+        self._control = lua_script(client, "job_control.lua")
 
     def key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)

@@ -19,14 +19,10 @@ worker takes it: the URLs are fetching again within about 25 s.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from crawler.jobs import lua_script
 from crawler.keys import job_key, leased_jobs
-
-
-def _script(client: Any, name: str) -> Any:
-    return client.register_script(resources.files("crawler").joinpath(f"lua/{name}").read_text())
 
 
 @dataclass(frozen=True)
@@ -61,8 +57,8 @@ class Leases:
         self.client = client
         self.prefix = prefix
         self.timing = timing
-        self._renew = _script(client, "lease_renew.lua")
-        self._reap = _script(client, "lease_reap.lua")
+        self._renew = lua_script(client, "lease_renew.lua")
+        self._reap = lua_script(client, "lease_reap.lua")
 
     def _key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)
