@@ -10,6 +10,7 @@ from typing import IO, Any, NoReturn
 
 from crawler.errors import ConfigError, InputError
 from crawler.jobs import JOB_ID_RE
+from crawler.scope import check_patterns
 from crawler.settings import Settings, load_settings
 from crawler.urls import IntakeStats
 
@@ -58,6 +59,22 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a finite number of seconds >= 0, got {_shown(text)}")
     return value
+
+
+def depth_arg(text: str) -> int:
+    """An argparse type: a link depth, a whole number >= 0, or `inf` for no limit (-1)."""
+    if text.strip().lower() in ("inf", "unlimited", "all"):
+        return -1
+    return int_in(0, 1_000_000)(text)
+
+
+def regex_arg(text: str) -> str:
+    """An argparse type: a Python regular expression that compiles."""
+    try:
+        check_patterns([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def job_id_arg(text: str) -> str:
@@ -119,6 +136,26 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="allow one private network through the SSRF guard (repeatable)")
     g.add_argument("--store-body", action="store_const", const=True,
                    help="keep bodies in Redis (capped, compressed)")
+    f = p.add_argument_group("following links (default: fetch the input URLs only)")
+    f.add_argument("--depth", type=depth_arg, metavar="N|inf",
+                   help="follow links N levels deep from the input URLs (0 = none, inf = any)")
+    f.add_argument("--scope", choices=["host", "domain", "any"],
+                   help="links kept: the input URLs' hosts (default), registered domains, or all")
+    f.add_argument("--allow", action="append", type=regex_arg, metavar="REGEX",
+                   help="follow only links matching one of these (repeatable)")
+    f.add_argument("--deny", action="append", type=regex_arg, metavar="REGEX",
+                   help="never follow links matching this (repeatable)")
+    f.add_argument("--max-pages", type=int_in(0, 10**12), metavar="N",
+                   help="at most N URLs in the job, input URLs included (0 = no limit)")
+    r = f.add_mutually_exclusive_group()
+    r.add_argument("--ignore-robots", dest="robots", action="store_const", const="ignore",
+                   help="do not fetch or obey robots.txt")
+    r.add_argument("--obey-robots", dest="robots", action="store_const", const="obey",
+                   help="obey robots.txt even without --depth (default: only when following)")
+    f.add_argument("--sitemaps", action="store_const", const=True,
+                   help="also start from the sitemaps named in the seed hosts' robots.txt")
+    f.add_argument("--dedupe", choices=["set", "bloom"],
+                   help="per-job URL dedupe: exact set (default) or a Bloom filter")
 
 
 def add_common_options(p: argparse.ArgumentParser, *, default: Any) -> None:
@@ -135,7 +172,7 @@ SETTINGS_FLAGS = (
     "redis_url", "log_level", "mode", "qps", "burst", "per_host_qps", "per_host_burst",
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
-    "store_body",
+    "store_body", "depth", "scope", "allow", "deny", "max_pages", "robots", "sitemaps", "dedupe",
 )
 
 

@@ -14,6 +14,8 @@ from crawler.backend import check_redis, redis_client
 from crawler.engines import make_engine
 from crawler.export import Format, export
 from crawler.feed import claimed_batches
+from crawler.frontier import LinkPolicy, LocalFrontier
+from crawler.politeness import robots_cache
 from crawler.jobs import new_job_id
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
@@ -54,12 +56,19 @@ async def crawl(
         await check_redis(client, settings.redis_url)
         store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)
         limiter = AsyncRateLimiter(client, settings.limiter_config(settings.key_prefix))
+        policy = LinkPolicy(client, settings.key_prefix, store.job_id, settings)
+        frontier = LocalFrontier(store, policy, settings) if settings.follows_links else None
         async with make_engine(settings.mode, settings.fetch_config()) as engine:
+            robots = robots_cache(client, settings.key_prefix, store.job_id, settings, engine,
+                                  limiter)
             runner = BatchRunner(engine, limiter, RunnerOptions.for_job(
-                settings, concurrency=settings.concurrency, worker=settings.worker_label))
+                settings, concurrency=settings.concurrency, worker=settings.worker_label),
+                frontier=frontier, robots=robots)
             if on_start is not None:
                 on_start(runner)
-            stats = await runner.run(claimed_batches(urls, store, intake, INTAKE_BATCH), store)
+            seeds = claimed_batches(urls, store, intake, INTAKE_BATCH, cap=settings.max_pages,
+                                    on_accepted=policy.add_seeds)
+            stats = await runner.run(seeds, store)
         await store.add_counter("rejected", intake.rejected)
         summary = CrawlSummary(store.job_id, stats, intake, store_calls=store.calls)
         if out is not None:

@@ -6,16 +6,18 @@ Shared by the embedded crawl and `submit`, so both accept exactly the same URLs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from crawler.store import ResultStore
 from crawler.urls import IntakeStats
 
 
 async def claimed_batches(
-    urls: Iterator[str], store: ResultStore, intake: IntakeStats, size: int = 1000
+    urls: Iterator[str], store: ResultStore, intake: IntakeStats, size: int = 1000, *,
+    cap: int = 0, on_accepted: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> AsyncIterator[list[str]]:
-    """Batches of up to `size` URLs new to the job; reading runs in a thread (stdin may block)."""
+    """Batches of up to `size` URLs new to the job (at most `cap` in all, 0 = any); reading runs
+    in a thread (stdin may block)."""
     loop = asyncio.get_running_loop()
 
     def next_chunk() -> list[str]:
@@ -27,7 +29,11 @@ async def claimed_batches(
         return chunk
 
     while chunk := await loop.run_in_executor(None, next_chunk):
-        fresh = await store.claim(chunk)
-        intake.duplicates += len(chunk) - len(fresh)
+        over = store.over_limit
+        fresh = await store.claim(chunk, cap=cap)
+        intake.over_limit += store.over_limit - over
+        intake.duplicates += len(chunk) - len(fresh) - (store.over_limit - over)
         if fresh:
+            if on_accepted is not None:
+                await on_accepted(fresh)
             yield fresh

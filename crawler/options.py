@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from crawler.engines.config import DEFAULT_USER_AGENT, FetchConfig
 from crawler.ratelimit import LimiterConfig
 from crawler.retry import RetryPolicy
+from crawler.scope import check_patterns
 
 MiB = 1024 * 1024
 # A header name is an RFC 9110 token. A value (and the User-Agent) is printable ASCII, spaces
@@ -66,6 +67,21 @@ class CrawlOptions(BaseModel):
     dns_ttl: int = Field(300, ge=0, le=86_400)
     keepalive_timeout: float = Field(30.0, ge=0, le=3600)
 
+    # Following links (issue 6): what a job crawls beyond its seeds
+    depth: int = Field(0, ge=-1, le=1_000_000)  # link depth followed; 0 = seeds only, -1 = any
+    scope: Literal["host", "domain", "any"] = "host"  # links kept: seed hosts / seed domains / all
+    allow: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, any must match
+    deny: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, none may match
+    max_pages: int = Field(0, ge=0, le=10**12)  # URLs accepted into the job, seeds included; 0 = any
+    robots: Literal["auto", "obey", "ignore"] = "auto"  # auto: obey when following links
+    robots_ttl: float = Field(86_400.0, gt=0, le=30 * 86_400)  # s a fetched robots.txt is reused
+    robots_hold: float = Field(30.0, gt=0, le=86_400)  # s a host waits after robots.txt 5xx/timeout
+    robots_tries: int = Field(4, ge=1, le=100)  # robots.txt fetches before its URLs are refused
+    sitemaps: bool = False  # also seed from the seed hosts' sitemaps (robots.txt Sitemap: lines)
+    dedupe: Literal["set", "bloom"] = "set"  # per-job URL dedupe: exact set, or a Bloom filter
+    bloom_capacity: int = Field(10_000_000, ge=1_000, le=4_000_000_000)
+    bloom_error_rate: float = Field(0.001, ge=1e-9, le=0.1)
+
     # Results
     store_body: bool = False
     body_store_max_bytes: int = Field(1 * MiB, ge=1, le=64 * MiB)
@@ -76,6 +92,26 @@ class CrawlOptions(BaseModel):
         for net in v:
             ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
         return v
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        check_patterns(v)  # ValueError names the bad one
+        return v
+
+    @property
+    def follows_links(self) -> bool:
+        return self.depth != 0
+
+    @property
+    def obeys_robots(self) -> bool:
+        return self.robots == "obey" or (self.robots == "auto" and self.follows_links)
+
+    @property
+    def level_barrier(self) -> bool:
+        """Depth-limited crawls run level by level, so a URL's depth is its shortest distance
+        from the seeds however many workers discover it (see crawler.frontier)."""
+        return self.depth > 0
 
     @field_validator("headers")
     @classmethod
@@ -110,7 +146,7 @@ class CrawlOptions(BaseModel):
             allowed_networks=tuple(self.allowed_networks),
             dns_ttl=self.dns_ttl,
             keepalive_timeout=self.keepalive_timeout,
-            keep_body=self.store_body,
+            keep_body=self.store_body or self.follows_links or self.obeys_robots,
         )
 
     def limiter_config(self, prefix: str) -> LimiterConfig:

@@ -11,6 +11,12 @@ One dispatcher coroutine owns all scheduling state, so there are no locks:
 * timers: retries (back-off / Retry-After) and global back-pressure.
 
 Records are batched by a writer coroutine into one Redis script call per batch.
+
+Crawling (a job that follows links): links are extracted from 2xx HTML pages below the depth
+limit and handed, per write batch, to a frontier (`crawler.frontier`) before their pages'
+records are written; robots.txt is asked per origin before a URL may take a slot
+(`crawler.robots`): URLs of an origin whose answer is not known yet wait for it, disallowed
+ones get a `robots_disallowed` record without a request, held hosts wait on a timer.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from crawler.engines.base import Engine
+from crawler.links import extract_links, is_html
 from crawler.options import CrawlOptions
 from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
 from crawler.ratelimit.fallback import FallbackLimiter
-from crawler.records import FetchResult, Record, status_class
+from crawler.records import ErrorClass, FetchResult, Record, status_class
 from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
+from crawler.robots import Kind, RobotsCache, RobotsRules, origin_of
 from crawler.slots import Slots
 from crawler.store import WRITE_MAX, PendingRecord, ResultStore
 
@@ -72,6 +81,9 @@ class RunStats:
     late_slots: int = 0  # granted slots given up because the process woke too late
     written: int = 0
     inflight: int = 0
+    links_found: int = 0  # links of fetched pages (before scope and dedupe)
+    links_new: int = 0  # of them, new to the job and fetched by this run (embedded)
+    robots_disallowed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
 
@@ -84,6 +96,15 @@ class RunStats:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
 
+class Frontier(Protocol):
+    """Where found links go (crawler.frontier): claimed into the job before their pages'
+    records are written; returns the ones this run fetches itself, with their depth."""
+
+    async def add(self, pages: Sequence[tuple[int, list[str]]]) -> list[tuple[str, int]]: ...
+
+    async def level_completed(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerOptions:
     concurrency: int = 100
@@ -92,6 +113,8 @@ class RunnerOptions:
     host_interval: float = 0.0  # s, configured per-host interval: when to re-ask a parked host
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
+    depth_limit: int = 0  # links followed from pages of depth < this; -1 = any depth
+    level_barrier: bool = False  # fetch depth d only when every URL of depth < d is recorded
 
     @classmethod
     def for_job(cls, options: CrawlOptions, *, concurrency: int, worker: str) -> RunnerOptions:
@@ -103,6 +126,8 @@ class RunnerOptions:
             host_interval=1.0 / options.per_host_qps if options.per_host_qps else 0.0,
             body_store_max=options.body_store_max_bytes if options.store_body else None,
             max_pending=max(10 * concurrency, 10_000),
+            depth_limit=options.depth,
+            level_barrier=options.level_barrier,
         )
 
 
@@ -156,8 +181,12 @@ class BatchRunner:
         options: RunnerOptions,
         *,
         slots: Slots | None = None,
+        frontier: Frontier | None = None,
+        robots: RobotsCache | None = None,
     ) -> None:
         self.engine = engine
+        self.frontier = frontier
+        self.robots = robots
         self.limiter = limiter
         self.opt = options
         self.slots = slots or Slots(options.concurrency)
@@ -209,29 +238,37 @@ class _Run:
         self.sleeping: dict[asyncio.Task[None], Work] = {}  # granted, waiting for their slot
         self.failure: BaseException | None = None
         self.lateness = lateness_allowance(runner.limiter.config)
+        self.exhausted = False  # the source gave its last batch
+        self.side: set[asyncio.Task[None]] = set()  # robots.txt loaders
+        self.robots_wait: dict[str, list[Work]] = {}  # origin -> URLs waiting for its answer
+        # Level barrier (depth-limited crawls): URLs deeper than `level_open` wait in `held`
+        # until every URL of depth <= level_open has its record. None: no barrier.
+        self.level_open: int | None = depth if runner.opt.level_barrier else None
+        self.level_pending: Counter[int] = Counter()
+        self.held: dict[int, deque[Work]] = {}
 
     async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
         writer = asyncio.create_task(self._writer())
         source = aiter(batches)
-        exhausted = False
         try:
             while True:
                 if self.failure is not None:
                     raise self.failure
                 if self.r.stop_reason is not None:
-                    await self._drain_for_stop(source, exhausted)
+                    await self._drain_for_stop(source, self.exhausted)
                     break
                 self._fire_timers()
-                while not exhausted and self.pending < self.r.opt.max_pending and (
+                while not self.exhausted and self.pending < self.r.opt.max_pending and (
                     len(self.ready) < 2 * self.r.opt.concurrency
                 ):
                     try:
                         batch = await anext(source)
                     except StopAsyncIteration:
-                        exhausted = True
+                        self.exhausted = True
+                        self._open_levels()
                         break
                     self._admit(batch)
-                if exhausted and self.pending == 0:
+                if self.exhausted and self.pending == 0:
                     break
                 free = min(self.r.slots.free, self.r.opt.concurrency - self.inflight)
                 if free > 0 and self.ready:
@@ -239,9 +276,9 @@ class _Run:
                     continue
                 await self._sleep_until_event()
         finally:
-            for t in list(self.tasks):
+            for t in [*self.tasks, *self.side]:
                 t.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*self.tasks, *self.side, return_exceptions=True)
             await self.out.put(None)
             await writer
 
@@ -256,10 +293,14 @@ class _Run:
         left += [w.url for w in self.ready]
         left += [w.url for parked in self.parked.values() for w in parked]
         left += [item.url for _, _, item in self.timers if isinstance(item, Work)]
+        left += [w.url for waiting in self.robots_wait.values() for w in waiting]
+        left += [w.url for held in self.held.values() for w in held]
         self.pending -= len(left)  # what remains pending are records still being written
         self.ready.clear()
         self.parked.clear()
         self.timers.clear()
+        self.robots_wait.clear()
+        self.held.clear()
         if not exhausted:
             async for batch in source:
                 left.extend(batch)
@@ -269,17 +310,89 @@ class _Run:
 
     def _admit(self, urls: Sequence[str]) -> None:
         for url in urls:
-            w = Work(url, host_of(url), self.depth)
-            self.pending += 1
-            self.stats.queued += 1
-            parked = self.parked.get(w.host)
-            if parked is not None:
-                parked.append(w)
+            self._admit_work(Work(url, host_of(url), self.depth))
+
+    def _admit_work(self, w: Work) -> None:
+        self.pending += 1
+        self.stats.queued += 1
+        if self.level_open is not None:
+            self.level_pending[w.depth] += 1
+            if w.depth > self.level_open:
+                self.held.setdefault(w.depth, deque()).append(w)
+                return
+        parked = self.parked.get(w.host)
+        if parked is not None:
+            parked.append(w)
+        else:
+            self.ready.append(w)
+
+    def _open_levels(self) -> None:
+        """Release the next link level once every URL of the open one has its record."""
+        if self.level_open is None or not self.exhausted:
+            return
+        while self.held and self.level_pending[self.level_open] <= 0:
+            self.level_open += 1
+            for w in self.held.pop(self.level_open, ()):
+                parked = self.parked.get(w.host)
+                (parked.append if parked is not None else self.ready.append)(w)
+            self.wake.set()
+
+    def _robots_allow(self, w: Work) -> bool:
+        """May `w` go to the limiter now? Otherwise it waits for its origin's robots.txt, waits
+        out a hold, or is recorded as disallowed (no request)."""
+        robots = self.r.robots
+        assert robots is not None
+        origin = origin_of(w.url)
+        rules = robots.lookup(origin)
+        if rules is None:
+            waiting = self.robots_wait.get(origin)
+            if waiting is None:
+                self.robots_wait[origin] = [w]
+                task = asyncio.create_task(self._load_robots(origin))
+                self.side.add(task)
+                task.add_done_callback(self.side.discard)
             else:
-                self.ready.append(w)
+                waiting.append(w)
+            return False
+        if rules.entry.kind is Kind.HOLD:
+            wait = max(robots.hold_until(rules) - time.time(), MIN_RETRY_GAP)
+            self._timer(self.loop.time() + wait, w)
+            return False
+        if rules.entry.kind is Kind.REFUSE or not rules.allowed(w.url):
+            self._refuse(w, rules)
+            return False
+        return True
+
+    def _refuse(self, w: Work, rules: RobotsRules) -> None:
+        detail = (f"robots.txt unavailable: {rules.entry.detail}" if rules.entry.detail
+                  else "disallowed by robots.txt")
+        self.stats.robots_disallowed += 1
+        self._emit(w, FetchResult(w.url, error=ErrorClass.ROBOTS_DISALLOWED,
+                                  error_detail=detail))
+
+    async def _load_robots(self, origin: str) -> None:
+        robots = self.r.robots
+        assert robots is not None
+        try:
+            await robots.load(origin)
+        except Exception as exc:  # Redis outages are waited out below us: this is unexpected
+            log.warning("robots.txt of %s: %s; trying again in 1 s", origin, exc)
+            for w in self.robots_wait.pop(origin, []):
+                self._timer(self.loop.time() + 1.0, w)
+            return
+        for w in reversed(self.robots_wait.pop(origin, [])):
+            self.ready.appendleft(w)
+        self.wake.set()
 
     async def _dispatch(self, free: int) -> None:
-        take = [self.ready.popleft() for _ in range(min(free, len(self.ready), ACQUIRE_MAX))]
+        want = min(free, ACQUIRE_MAX)
+        take: list[Work] = []
+        while self.ready and len(take) < want:
+            w = self.ready.popleft()
+            if self.r.robots is None or self._robots_allow(w):
+                take.append(w)
+        if not take:
+            return
         # Slots are taken before the await: other batches of this process dispatch meanwhile.
         for _ in take:
             self.r.slots.take()
@@ -365,9 +478,13 @@ class _Run:
             res, attempts=w.attempts, depth=w.depth, worker=self.r.opt.worker,
             job=self.store.job_id,
         )
-        body = None
+        body = links = None
         if self.r.opt.body_store_max is not None and res.body is not None:
             body = res.body[: self.r.opt.body_store_max]
+        limit = self.r.opt.depth_limit
+        if (self.r.frontier is not None and rec.ok and res.body is not None
+                and (limit < 0 or w.depth < limit) and is_html(res.content_type)):
+            links = extract_links(res.body, res.final_url or w.url)
         s = self.stats
         s.done += 1
         s.bytes += rec.bytes
@@ -378,7 +495,7 @@ class _Run:
         if rec.error:
             s.errors[rec.error] += 1
         s.statuses[status_class(rec.status)] += 1
-        self.out.put_nowait(PendingRecord(rec, body))
+        self.out.put_nowait(PendingRecord(rec, body, links))
 
     def _timer(self, due: float, item: Work | str) -> None:
         heapq.heappush(self.timers, (due, next(self.seq), item))
@@ -438,7 +555,29 @@ class _Run:
                     done = True
                     break
                 batch.append(item)
+            frontier = self.r.frontier
+            if frontier is not None:
+                await self._follow(frontier, batch)
             self.stats.written += await self.store.write(batch)
             self.stats.store_calls += 1
             self.pending -= len(batch)
+            if frontier is not None and self.store.level_completed:
+                await frontier.level_completed()
+            if self.level_open is not None:
+                for item in batch:
+                    self.level_pending[item.record.depth] -= 1
+                self._open_levels()
             self.wake.set()
+
+    async def _follow(self, frontier: Frontier, batch: list[PendingRecord]) -> None:
+        """Claim the links of these pages into the job before their records are written."""
+        pages = [(item.record.depth, item.links) for item in batch if item.links]
+        if not pages:
+            return
+        fresh = await frontier.add(pages)
+        self.stats.links_found += sum(len(links) for _, links in pages)
+        self.stats.links_new += len(fresh)
+        for url, depth in fresh:
+            self._admit_work(Work(url, host_of(url), depth))
+        for item in batch:
+            item.links = None

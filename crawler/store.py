@@ -33,6 +33,7 @@ from crawler.keys import job_key
 from crawler.records import Record, status_class
 
 WRITE_MAX = 500  # records per store round trip (and per stream entry)
+CLAIM_MAX = 2000  # URLs per claim call: Lua's unpack() takes at most ~8,000 values
 # Stream entries per XRANGE page. An entry holds one write batch (up to WRITE_MAX records),
 # so a page is at most 20 x 500 records in memory.
 EXPORT_PAGE = 20
@@ -44,10 +45,24 @@ def url_digest(url: str) -> bytes:
 
 @dataclass(slots=True)
 class PendingRecord:
-    """A record on its way to Redis, with its optional body (already capped)."""
+    """A record on its way to Redis, with its optional body (already capped) and the links
+    found on its page (claimed into the job before the record is written)."""
 
     record: Record
     body: bytes | None = None
+    links: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTarget:
+    """Where `ResultStore.claim` queues the URLs it accepts: batch `number` of the job."""
+
+    number: int
+    key: str
+    leases: str
+    owners: str
+    depths: str
+    lease_ms: int
 
 
 class ResultStore:
@@ -64,31 +79,52 @@ class ResultStore:
         self._write_script = client.register_script(lua.joinpath("store_records.lua").read_text())
         self._claim_script = client.register_script(lua.joinpath("claim.lua").read_text())
         self.calls = 0  # Redis round trips made by write(): reported by the benchmark
+        self.level_completed = False  # set by write(): see store_records.lua
+        self.over_limit = 0  # URLs claim() dropped beyond the cap
 
-    async def claim(self, urls: Sequence[str]) -> list[str]:
-        """Accept URLs into the job, dropping ones accepted before. One round trip per call;
-        safe to retry (see claim.lua)."""
-        if not urls:
-            return []
+    async def claim(
+        self, urls: Sequence[str], *, cap: int = 0, depth: int = 0,
+        batch: BatchTarget | None = None,
+    ) -> list[str]:
+        """Accept URLs into the job, dropping ones accepted before and any beyond `cap` URLs
+        in all (the job's max_pages). With `batch`, the accepted URLs are also queued as that
+        batch, atomically (see claim.lua). One round trip per 2,000 URLs; safe to retry."""
+        out: list[str] = []
+        for i in range(0, len(urls), CLAIM_MAX):
+            out += await self._claim(urls[i:i + CLAIM_MAX], cap, depth, batch)
+        return out
+
+    async def _claim(self, urls: Sequence[str], cap: int, depth: int,
+                     batch: BatchTarget | None) -> list[str]:
         call = job_key(self.prefix, self.job_id, f"claim:{os.urandom(8).hex()}")
-        flags = await self._claim_script(
-            keys=[self.keys["queued"], self.keys["counters"], call],
-            args=[url_digest(u) for u in urls],
-        )
+        keys = [self.keys["queued"], self.keys["counters"], call]
+        args: list[Any] = [cap, depth, "", 0]
+        if batch is None:
+            args += [url_digest(u) for u in urls]
+        else:
+            keys += [batch.key, batch.leases, batch.owners, batch.depths]
+            args[2:4] = [batch.number, batch.lease_ms]
+            for u in urls:
+                args += [url_digest(u), u]
+        flags = await self._claim_script(keys=keys, args=args)
+        self.over_limit += flags.count(b"2")
         return [u for u, f in zip(urls, flags, strict=True) if f == ord("1")]
 
     async def add_counter(self, name: str, amount: int) -> None:
         await self.client.hincrby(self.keys["counters"], name, amount)
 
     async def write(self, batch: Sequence[PendingRecord]) -> int:
-        """Store records, skipping URLs already recorded. Returns how many were new."""
+        """Store records, skipping URLs already recorded. Returns how many were new;
+        `level_completed` says whether this write completed a link level."""
+        self.level_completed = False
         if not batch:
             return 0
         args: list[Any] = [len(batch)]
         for item in batch:
             rec = item.record
             rec.body_stored = item.body is not None
-            meta = f"{1 if rec.ok else 0} {status_class(rec.status)} {rec.bytes} {rec.error or ''}"
+            meta = (f"{1 if rec.ok else 0} {status_class(rec.status)} {rec.bytes} {rec.depth} "
+                    f"{rec.error or ''}")
             args += [
                 url_digest(rec.url),
                 rec.to_json(),
@@ -97,7 +133,9 @@ class ResultStore:
             ]
         keys = [self.keys[n] for n in ("seen", "results", "counters", "bodies", "rate")]
         self.calls += 1
-        return int(await self._write_script(keys=keys, args=args))
+        written, completed = await self._write_script(keys=keys, args=args)
+        self.level_completed = bool(completed)
+        return int(written)
 
     async def counters(self) -> dict[str, int]:
         raw = await self.client.hgetall(self.keys["counters"])

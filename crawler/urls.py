@@ -287,6 +287,7 @@ class IntakeStats:
     rejected: int = 0
     skipped: int = 0  # blank lines and comments
     duplicates: int = 0  # incremented by the caller: dedupe happens downstream, in Redis
+    over_limit: int = 0  # dropped downstream too: beyond the job's max_pages
     # Why reading stopped before the end (an I/O error): the input ended there, and what was
     # accepted before it stands. None when the input was read to its end.
     read_error: str | None = None
@@ -307,6 +308,8 @@ class IntakeStats:
             ordered = sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
             head += " (" + ", ".join(f"{reason}: {n}" for reason, n in ordered) + ")"
         head += f", {self.skipped} skipped, {self.duplicates} duplicates"
+        if self.over_limit:
+            head += f", {self.over_limit} over --max-pages"
         lines = [head]
         lines += [f"  line {r.lineno}: {r.reason}: {r.text}" for r in self.examples]
         if self.rejected > len(self.examples):

@@ -14,18 +14,20 @@
 --                        second, fields t<slot> = the second, n<slot> = records written in it)
 -- ARGV[1]  n, the number of records
 -- ARGV[2..] per record, 4 values: digest, json, meta, compressed body or "";
---           meta = "<ok 1/0> <status class 2xx..5xx|none> <decoded bytes> [error class]"
+--           meta = "<ok 1/0> <status class 2xx..5xx|none> <decoded bytes> <depth> [error class]"
 --           (one string, not four arguments: the client packs fewer values per record)
--- Returns   the number of records written (the others were duplicates).
+-- Returns   {records written (the others were duplicates), 1 when this call completed a link
+--           level (every URL accepted at some depth now has a record: held batches of the
+--           next depth may run, see frontier.py) else 0}.
 -- Clock     Redis TIME, only to bucket the rate ring (status shows the rate of the last 10 s).
 local n = tonumber(ARGV[1])
-if n == 0 then return 0 end
+if n == 0 then return {0, 0} end
 local digests = {}
 for i = 0, n - 1 do digests[i + 1] = ARGV[2 + i * 4] end
 local seen = redis.call('SMISMEMBER', KEYS[1], unpack(digests))
 local fresh, lines, bodies, taken = {}, {}, {}, {}
 local ok, failed, bytes = 0, 0, 0
-local by = {}
+local by, levels = {}, {}
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local digest = ARGV[b]
@@ -33,7 +35,9 @@ for i = 0, n - 1 do
     taken[digest] = true
     fresh[#fresh + 1] = digest
     lines[#lines + 1] = ARGV[b + 1]
-    local okf, sc, nbytes, err = string.match(ARGV[b + 2], '^(%d) (%S+) (%d+) ?(%S*)$')
+    local okf, sc, nbytes, depth, err = string.match(ARGV[b + 2],
+      '^(%d) (%S+) (%d+) (%d+) ?(%S*)$')
+    levels[depth] = (levels[depth] or 0) + 1
     if okf == '1' then ok = ok + 1 else failed = failed + 1 end
     if err ~= '' then by['error:' .. err] = (by['error:' .. err] or 0) + 1 end
     by['status:' .. sc] = (by['status:' .. sc] or 0) + 1
@@ -45,7 +49,7 @@ for i = 0, n - 1 do
   end
 end
 local written = #fresh
-if written == 0 then return 0 end
+if written == 0 then return {0, 0} end
 redis.call('SADD', KEYS[1], unpack(fresh))
 redis.call('XADD', KEYS[2], '*', 'r', table.concat(lines, '\n'))
 if #bodies > 0 then redis.call('HSET', KEYS[4], unpack(bodies)) end
@@ -54,6 +58,11 @@ redis.call('HINCRBY', KEYS[3], 'ok', ok)
 redis.call('HINCRBY', KEYS[3], 'failed', failed)
 redis.call('HINCRBY', KEYS[3], 'bytes', bytes)
 for k, v in pairs(by) do redis.call('HINCRBY', KEYS[3], k, v) end
+local completed = 0
+for d, v in pairs(levels) do
+  local r = redis.call('HINCRBY', KEYS[3], 'lvl:r:' .. d, v)
+  if r >= (tonumber(redis.call('HGET', KEYS[3], 'lvl:a:' .. d)) or 0) then completed = 1 end
+end
 local sec = tonumber(redis.call('TIME')[1])
 local slot = sec % 64
 if redis.call('HGET', KEYS[5], 't' .. slot) == string.format('%d', sec) then
@@ -61,4 +70,4 @@ if redis.call('HGET', KEYS[5], 't' .. slot) == string.format('%d', sec) then
 else
   redis.call('HSET', KEYS[5], 't' .. slot, string.format('%d', sec), 'n' .. slot, written)
 end
-return written
+return {written, completed}

@@ -16,11 +16,13 @@ The limiter takes host strings and knows nothing of HTTP or URLs.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from crawler.ratelimit.core import (
+    TTL_SLACK_MS,
     Decision,
     Grant,
     LimiterConfig,
@@ -51,6 +53,7 @@ class _LimiterBase:
         # script on NOSCRIPT (e.g. after a Redis restart or SCRIPT FLUSH).
         self._acquire = client.register_script(script_source("acquire.lua"))
         self._penalize = client.register_script(script_source("penalize.lua"))
+        self._host_delay = client.register_script(script_source("host_delay.lua"))
         self._calls = 0
         self._calls_lock = threading.Lock()
 
@@ -75,6 +78,15 @@ class _LimiterBase:
         chosen = draw_jitter() if jitter is None else jitter
         args = penalize_argv(self.config, retry_after, chosen)
         return [host_key(self.config, host)], [*args, clock_arg(now_us)]
+
+    def _host_delay_request(
+        self, host: str, delay: float, duration: float, now_us: int | None
+    ) -> tuple[list[str], list[int | str]]:
+        if not (math.isfinite(delay) and delay >= 0 and math.isfinite(duration) and duration > 0):
+            raise ValueError(f"bad host delay {delay!r} for {duration!r} s")
+        return [host_key(self.config, host)], [
+            round(delay * 1_000_000), round(duration * 1_000_000), TTL_SLACK_MS,
+            clock_arg(now_us)]
 
 
 class RateLimiter(_LimiterBase):
@@ -114,6 +126,15 @@ class RateLimiter(_LimiterBase):
         with backend_errors():
             reply = self._penalize(keys=keys, args=args)
         return int(reply) / 1_000_000
+
+    def set_host_delay(self, host: str, delay: float, duration: float, *,
+                       now_us: int | None = None) -> None:
+        """Space `host`'s requests at least `delay` s apart for `duration` s, for everyone
+        sharing this limiter (robots.txt Crawl-delay)."""
+        keys, args = self._host_delay_request(host, delay, duration, now_us)
+        self._count_call()
+        with backend_errors():
+            self._host_delay(keys=keys, args=args)
 
     def host_state(self, host: str) -> dict[str, Any]:
         """The raw state of a host bucket (tat, pen, m, mts, n, lts, ttl_ms); for inspection."""
@@ -161,6 +182,14 @@ class AsyncRateLimiter(_LimiterBase):
         with backend_errors():
             reply = await self._penalize(keys=keys, args=args)
         return int(reply) / 1_000_000
+
+    async def set_host_delay(self, host: str, delay: float, duration: float, *,
+                             now_us: int | None = None) -> None:
+        """Space `host`'s requests at least `delay` s apart for `duration` s (Crawl-delay)."""
+        keys, args = self._host_delay_request(host, delay, duration, now_us)
+        self._count_call()
+        with backend_errors():
+            await self._host_delay(keys=keys, args=args)
 
     async def host_state(self, host: str) -> dict[str, Any]:
         """The raw state of a host bucket (tat, pen, m, mts, n, lts, ttl_ms); for inspection."""

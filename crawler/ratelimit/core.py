@@ -212,7 +212,8 @@ def decode_state(raw: dict[Any, Any], ttl_ms: int) -> dict[str, Any]:
     """A bucket hash as typed values (absent fields take their neutral value), plus its PTTL."""
     fields = {_text(k): _text(v) for k, v in raw.items()}
     state: dict[str, Any] = {
-        name: int(float(fields.get(name, 0))) for name in ("tat", "pen", "mts", "n", "lts")
+        name: int(float(fields.get(name, 0)))
+        for name in ("tat", "pen", "mts", "n", "lts", "cd", "cdx")
     }
     state["m"] = float(fields.get("m", 1.0))
     state["ttl_ms"] = int(ttl_ms)

@@ -97,6 +97,19 @@ class FallbackLimiter:
                 return left
         return await self._fallback().penalize(host, retry_after)
 
+    async def set_host_delay(self, host: str, delay: float, duration: float) -> None:
+        """Set on the shared limiter, and on the local one too while Redis is away."""
+        if self._remote_worth_trying():
+            started = time.monotonic()
+            try:
+                await self.remote.set_host_delay(host, delay, duration)
+            except BackendUnavailable as exc:
+                self._went_down(exc)
+            else:
+                self.outage.succeeded(started)
+                return
+        await self._fallback().set_host_delay(host, delay, duration)
+
     # --- state --------------------------------------------------------------------------------
 
     def _remote_worth_trying(self) -> bool:

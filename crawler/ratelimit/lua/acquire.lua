@@ -16,7 +16,9 @@ m is the slow-down factor written by penalize.lua, decayed here as
   m(now) = 1 + (m - 1) * 0.5 ^ ((now - mts) / half_life), treated as 1 once m - 1 < 0.001.
 
 KEYS[1]     global bucket  "<prefix>:{rl}:g:<scope>"  hash {tat}
-KEYS[2..]   host buckets   "<prefix>:{rl}:h:<host>"   hash {tat, pen, m, mts, n, lts}
+KEYS[2..]   host buckets   "<prefix>:{rl}:h:<host>"   hash {tat, pen, m, mts, n, lts, cd, cdx}
+            cd = the host's own minimum interval (us; robots.txt Crawl-delay, set by
+            host_delay.lua) while now < cdx: the host's interval is max(h_T, cd), burst 0
             (all share the hash tag {rl}: one Redis Cluster slot)
 ARGV[1]  g_T      global interval, us (0 = no global limit)
 ARGV[2]  g_B      global burst (B + 1 requests may go at once from idle)
@@ -86,15 +88,20 @@ local hosts = {}
 local function load(key)
   local h = hosts[key]
   if h == nil then
-    local v = redis.call('HMGET', key, 'tat', 'pen', 'm', 'mts', 'lts')
+    local v = redis.call('HMGET', key, 'tat', 'pen', 'm', 'mts', 'lts', 'cd', 'cdx')
     h = {
       tat = tonumber(v[1]) or 0,
       pen = tonumber(v[2]) or 0,
       m = tonumber(v[3]) or 1,
       mts = tonumber(v[4]) or 0,
       lts = tonumber(v[5]) or 0,
+      cd = 0,
+      cdx = tonumber(v[7]) or 0,
       dirty = false,
     }
+    if h.cdx > now then
+      h.cd = tonumber(v[6]) or 0
+    end
     hosts[key] = h
   end
   return h
@@ -104,7 +111,11 @@ local out = {}
 for i = 2, #KEYS do
   local h = load(KEYS[i])
   local m = decayed(h.m, h.mts)
-  local T = h_T
+  local T = math.max(h_T, h.cd)
+  local B = h_B
+  if h.cd > 0 then
+    B = 0
+  end
   if T == 0 and m > 1 then
     T = slow_T
   end
@@ -112,7 +123,7 @@ for i = 2, #KEYS do
 
   local ready = math.max(now, h.pen)
   if T > 0 then
-    ready = math.max(ready, h.tat - h_B * T)
+    ready = math.max(ready, h.tat - B * T)
   end
 
   local decision, wait
@@ -147,7 +158,7 @@ if g_dirty then
 end
 for key, h in pairs(hosts) do
   if h.dirty then
-    local keep = math.max(h.tat, h.pen)
+    local keep = math.max(h.tat, h.pen, h.cdx)
     if h.lts > 0 then
       keep = math.max(keep, h.lts + life)
     end

@@ -51,13 +51,14 @@ local function fmt(x)
 end
 
 local key = KEYS[1]
-local v = redis.call('HMGET', key, 'tat', 'pen', 'm', 'mts', 'n', 'lts')
+local v = redis.call('HMGET', key, 'tat', 'pen', 'm', 'mts', 'n', 'lts', 'cdx')
 local tat = tonumber(v[1]) or 0
 local pen = tonumber(v[2]) or 0
 local m = tonumber(v[3]) or 1
 local mts = tonumber(v[4]) or 0
 local n = tonumber(v[5]) or 0
 local lts = tonumber(v[6]) or 0
+local cdx = tonumber(v[7]) or 0
 
 if now - lts >= forgive then
   n = 0
@@ -79,6 +80,6 @@ m = math.min(math.max(m, 1) * 2, slowdown_cap)
 
 redis.call('HSET', key, 'pen', fmt(pen), 'm', string.format('%.6f', m), 'mts', fmt(now),
   'n', fmt(n + 1), 'lts', fmt(now))
-local keep = math.max(tat, pen, now + life)
+local keep = math.max(tat, pen, now + life, cdx)
 redis.call('PEXPIRE', key, fmt(math.ceil((keep - now) / 1000) + slack_ms))
 return pen - now
