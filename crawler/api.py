@@ -22,7 +22,9 @@ from crawler import loops
 from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
 from crawler.feed import claimed_batches
+from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
+from crawler.leases import LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.settings import Settings, job_options, load_settings
 from crawler.urls import IntakeStats, accept_urls
@@ -67,14 +69,22 @@ class AsyncCrawler:
         intake = intake or IntakeStats()
         await self.jobs.create(job_id, spec)
         store = self.jobs.store(job_id)
+        opts = options or self.settings
+        policy = LinkPolicy(self.client, self.settings.key_prefix, job_id, opts)
         batch_no = 0
-        async for batch in claimed_batches(urls, store, intake, batch_size):
+        async for batch in claimed_batches(urls, store, intake, batch_size,
+                                           cap=opts.max_pages, on_accepted=policy.add_seeds):
             pipe = self.client.pipeline(transaction=False)
             self.jobs.add_batch(pipe, job_id, batch_no, batch)
             await pipe.execute()
             send_batches(broker, job_id, [batch_no])
             batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
+        # Found-link batches held until the seeds were all in (a level barrier): send them.
+        held = await self.jobs.release_held(job_id, lease_ms=LeaseTiming(
+            self.settings.lease_seconds).pending_ms)
+        if held:
+            send_batches(broker, job_id, held)
         return job_id
 
     async def submit(self, urls: Iterable[str], *, job_id: str | None = None,

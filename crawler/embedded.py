@@ -15,8 +15,8 @@ from crawler.engines import make_engine
 from crawler.export import Format, export
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy, LocalFrontier
-from crawler.politeness import robots_cache
 from crawler.jobs import new_job_id
+from crawler.politeness import robots_cache
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
 from crawler.settings import Settings

@@ -14,6 +14,10 @@ Keys (besides the results store's, see `crawler.store`):
     {prefix}:job:{id}:workers     hash: worker name -> last seen (ms)
     {prefix}:job:{id}:leases      sorted set: running batch -> lease expiry (ms), see leases.py
     {prefix}:job:{id}:owners      hash: running batch -> owner token ('' = handed back)
+    {prefix}:job:{id}:depths      hash: batch of found links -> their link depth
+    {prefix}:job:{id}:held        set: batches waiting at the level barrier (frontier.py)
+    {prefix}:job:{id}:scope       set: the seeds' hosts or registered domains (frontier.py)
+    {prefix}:job:{id}:robots      hash: origin -> robots.txt answer (robots.py)
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class JobControl:
         self._start = lua_script(client, "job_batch_start.lua")
         self._end = lua_script(client, "job_batch_end.lua")
         self._control = lua_script(client, "job_control.lua")
+        self._release = lua_script(client, "release_held.lua")
 
     def key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)
@@ -222,15 +227,21 @@ class JobControl:
 
     async def batch_start(
         self, job_id: str, batch_no: int, worker: str, *, token: str, lease_ms: int,
-        recent_ms: int = 60_000,
-    ) -> tuple[str, int]:
+        recent_ms: int = 60_000, barrier: bool = False,
+    ) -> tuple[str, int, int]:
         """May this worker run the batch? 'run' also gives it a lease of `lease_ms`. Returns
-        (verdict, workers seen on the job within `recent_ms`)."""
+        (verdict, workers seen on the job within `recent_ms`, the batch's link depth)."""
         keys = [*self._batch_keys(job_id, batch_no), self.key(job_id, "workers"),
-                *self._lease_keys(job_id)]
-        verdict, live = await self._start(
-            keys=keys, args=[batch_no, worker, token, lease_ms, recent_ms])
-        return verdict.decode(), int(live)
+                *self._lease_keys(job_id), self.key(job_id, "depths"), self.key(job_id, "held")]
+        verdict, live, depth = await self._start(
+            keys=keys, args=[batch_no, worker, token, lease_ms, recent_ms, int(barrier)])
+        return verdict.decode(), int(live), int(depth)
+
+    async def release_held(self, job_id: str, *, lease_ms: int) -> list[int]:
+        """Batches held at the level barrier, given pending leases: the caller sends them."""
+        held = await self._release(
+            keys=[self.key(job_id, "held"), *self._lease_keys(job_id)], args=[lease_ms])
+        return [int(n) for n in held]
 
     async def batch_urls(self, job_id: str, batch_no: int) -> list[str]:
         return [u.decode() for u in await self.client.lrange(

@@ -45,6 +45,13 @@ class LeaseTiming:
         return self.lease / 4
 
     @property
+    def pending_ms(self) -> int:
+        """The lease of a batch whose message is on the queue (found links, a reaped or
+        released batch): long enough that a backlogged queue is not flooded with resends,
+        short enough that a message lost with its sender comes back within minutes."""
+        return max(15 * self.lease_ms, 300_000)
+
+    @property
     def recent_ms(self) -> int:
         """A worker seen this recently counts as alive (for the fallback limiter's share)."""
         return 3 * self.lease_ms
@@ -79,7 +86,7 @@ class Leases:
         """Claim the batches of `job_id` whose lease ran out; returns (the job is over and
         holds no lease, batches to send again)."""
         keys = [self._key(job_id, n) for n in ("leases", "owners", "meta")]
-        reply = await self._reap(keys=keys, args=[self.timing.lease_ms])
+        reply = await self._reap(keys=keys, args=[self.timing.pending_ms])
         return reply[0] == 1, [int(n) for n in reply[1:]]
 
     async def mark(self, job_ids: list[str]) -> None:

@@ -72,7 +72,7 @@ class CrawlOptions(BaseModel):
     scope: Literal["host", "domain", "any"] = "host"  # links kept: seed hosts / seed domains / all
     allow: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, any must match
     deny: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, none may match
-    max_pages: int = Field(0, ge=0, le=10**12)  # URLs accepted into the job, seeds included; 0 = any
+    max_pages: int = Field(0, ge=0, le=10**12)  # URLs in the job, seeds included; 0 = any
     robots: Literal["auto", "obey", "ignore"] = "auto"  # auto: obey when following links
     robots_ttl: float = Field(86_400.0, gt=0, le=30 * 86_400)  # s a fetched robots.txt is reused
     robots_hold: float = Field(30.0, gt=0, le=86_400)  # s a host waits after robots.txt 5xx/timeout

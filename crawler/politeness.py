@@ -7,34 +7,23 @@ parsing and sharing know nothing of engines or the limiter.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from crawler.engines.base import Engine
 from crawler.options import CrawlOptions
-from crawler.ratelimit import AsyncRateLimiter, Decision
+from crawler.ratelimit import AsyncRateLimiter
 from crawler.ratelimit.fallback import FallbackLimiter
 from crawler.records import FetchResult
 from crawler.robots import RobotsCache, RobotsRules
-from crawler.runner import host_of
-
-MAX_GLOBAL_WAIT = 1.0  # s a deferred robots.txt request sleeps before asking again
+from crawler.runner import host_of, polite_wait
 
 
 def polite_fetcher(engine: Engine, limiter: AsyncRateLimiter | FallbackLimiter) -> Any:
     """A fetch of one URL that first takes a slot from the shared limiter, like any page."""
 
     async def fetch(url: str) -> FetchResult:
-        host = host_of(url)
-        while True:
-            grant = (await limiter.acquire_many([host]))[0]
-            if grant.granted:
-                if grant.wait > 0:
-                    await asyncio.sleep(grant.wait)
-                return await engine.fetch(url)
-            wait = grant.wait if grant.decision is Decision.DEFER_HOST else min(
-                grant.wait, MAX_GLOBAL_WAIT)
-            await asyncio.sleep(max(wait, 0.001))
+        await polite_wait(limiter, host_of(url))
+        return await engine.fetch(url, before_hop=lambda hop: polite_wait(limiter, host_of(hop)))
 
     return fetch
 

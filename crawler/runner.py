@@ -157,6 +157,19 @@ def lateness_allowance(config: LimiterConfig) -> float | None:
     return min(allowances) if allowances else None
 
 
+async def polite_wait(limiter: AsyncRateLimiter | FallbackLimiter, host: str) -> None:
+    """Take one slot for `host` from the limiter, however long that takes (robots.txt
+    requests and redirect hops, which do not go through the dispatcher)."""
+    while True:
+        grant = (await limiter.acquire_many([host]))[0]
+        if grant.granted:
+            if grant.wait > 0:
+                await asyncio.sleep(grant.wait)
+            return
+        wait = grant.wait if grant.decision is Decision.DEFER_HOST else min(grant.wait, 1.0)
+        await asyncio.sleep(max(wait, MIN_RETRY_GAP))
+
+
 def host_of(url: str) -> str:
     """The host of a canonical URL (lower case, no userinfo, port or brackets).
 
@@ -238,6 +251,9 @@ class _Run:
         self.sleeping: dict[asyncio.Task[None], Work] = {}  # granted, waiting for their slot
         self.failure: BaseException | None = None
         self.lateness = lateness_allowance(runner.limiter.config)
+        if runner.robots is not None and self.lateness is None:
+            # A Crawl-delay is a per-host interval the job did not configure: keep its gaps.
+            self.lateness = HOST_LATENESS
         self.exhausted = False  # the source gave its last batch
         self.side: set[asyncio.Task[None]] = set()  # robots.txt loaders
         self.robots_wait: dict[str, list[Work]] = {}  # origin -> URLs waiting for its answer
@@ -454,7 +470,7 @@ class _Run:
                 self.stats.late_slots += 1
                 self.ready.appendleft(w)
                 return
-        res = await self.r.engine.fetch(w.url)
+        res = await self.r.engine.fetch(w.url, before_hop=self._pace_hop)
         w.attempts += 1
         if wants_penalty(res):
             await self._penalize(w.host, res)
@@ -464,6 +480,10 @@ class _Run:
             self._timer(self.loop.time() + max(delay, MIN_RETRY_GAP), w)
             return
         self._emit(w, res)
+
+    async def _pace_hop(self, url: str) -> None:
+        """A redirect hop is a request too: it waits for its host's slot like a page."""
+        await polite_wait(self.r.limiter, host_of(url))
 
     async def _penalize(self, host: str, res: FetchResult) -> None:
         """Tell every worker to slow down on this host; a Redis hiccup must not lose the URL."""

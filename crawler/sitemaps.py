@@ -124,8 +124,8 @@ def parse_sitemap(
     decoded = _Decoded(body, max_bytes)
     chunks = iter(decoded)
     first = b""
-    for index, chunk in enumerate(chunks):  # skip leading whitespace, up to the cap
-        first = (chunk.removeprefix(_UTF8_BOM) if index == 0 else chunk).lstrip(_XML_WHITESPACE)
+    for chunk in chunks:  # skip a BOM and leading whitespace, up to the cap
+        first = (chunk if first else chunk.removeprefix(_UTF8_BOM)).lstrip(_XML_WHITESPACE)
         if first:
             break
     if not first:

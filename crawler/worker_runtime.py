@@ -41,14 +41,19 @@ from crawler.engines import make_engine
 from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
 from crawler.errors import JobNotFound
+from crawler.frontier import LinkPolicy, QueueFrontier
 from crawler.jobs import JobControl
+from crawler.keys import job_key
 from crawler.leases import Leases, LeaseTiming
 from crawler.options import CrawlOptions
+from crawler.politeness import robots_cache
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
 from crawler.ratelimit.fallback import FallbackLimiter
+from crawler.robots import RobotsCache
 from crawler.runner import BatchRunner, RunnerOptions
 from crawler.settings import Settings
 from crawler.slots import Slots
+from crawler.store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,8 @@ class WorkerRuntime:
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
         self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}
+        self.policies: dict[str, LinkPolicy] = {}  # per job: scope keys known in scope
+        self.robots: dict[str, RobotsCache | None] = {}  # per job: robots.txt answers
         self.running: dict[str, dict[int, tuple[str, BatchRunner]]] = defaultdict(dict)
         self.peers = 1  # workers seen recently on our jobs: the fallback limiter's divisor
         self._marked: dict[str, float] = {}  # job -> when this process last listed it
@@ -144,19 +151,21 @@ class WorkerRuntime:
         await self._mark(job_id)  # before the lease exists: a reaper will look
         token = f"{self.run_id}:{next(self._seq)}"
         lease_ms = self.timing.lease_ms
-        verdict, live = await self.jobs.batch_start(
+        verdict, live, depth = await self.jobs.batch_start(
             job_id, batch_no, self.name, token=token, lease_ms=lease_ms,
-            recent_ms=self.timing.recent_ms)
+            recent_ms=self.timing.recent_ms, barrier=options.level_barrier)
         if verdict != "run":
             return summary | {"outcome": verdict}
         # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
         self.peers = max(self.peers, live)
         store = self.jobs.store(job_id)
+        engine, limiter = await self._engine(options), self._limiter(options)
         runner = BatchRunner(
-            await self._engine(options), self._limiter(options),
+            engine, limiter,
             RunnerOptions.for_job(options, concurrency=self.settings.concurrency,
                                   worker=self.name),
-            slots=self.slots,
+            slots=self.slots, frontier=self._frontier(job_id, options, store),
+            robots=self._robots(job_id, options, engine, limiter),
         )
         self.running[job_id][batch_no] = (token, runner)
         deadline = self.loop.call_later(self.batch_time_limit, runner.stop, "time_limit")
@@ -164,7 +173,7 @@ class WorkerRuntime:
             if self.closing:
                 runner.stop("shutdown")
             urls = await store.unrecorded(await self.jobs.batch_urls(job_id, batch_no))
-            stats = await runner.run(_one(urls), store)
+            stats = await runner.run(_one(urls), store, depth=depth)
         finally:
             deadline.cancel()
             self.running[job_id].pop(batch_no, None)
@@ -220,6 +229,38 @@ class WorkerRuntime:
             limiter = self.limiters[config] = FallbackLimiter(
                 AsyncRateLimiter(self.limiter_client, config), lambda: 1 / max(self.peers, 1))
         return limiter
+
+    def _frontier(self, job_id: str, options: CrawlOptions, store: ResultStore
+                  ) -> QueueFrontier | None:
+        """Found links go to the queue as new batches; a fresh one per batch run (cheap)."""
+        if not options.follows_links:
+            return None
+        prefix = self.settings.key_prefix
+        pending = self.timing.pending_ms
+
+        async def release() -> list[int]:
+            return await self.jobs.release_held(job_id, lease_ms=pending)
+
+        return QueueFrontier(
+            store, self._policy(job_id, options), options,
+            meta_key=self.jobs.key(job_id, "meta"),
+            key=lambda name: job_key(prefix, job_id, name), pending_lease_ms=pending,
+            send=lambda batches: self._send(job_id, batches), release=release)
+
+    def _policy(self, job_id: str, options: CrawlOptions) -> LinkPolicy:
+        policy = self.policies.get(job_id)
+        if policy is None:
+            policy = self.policies[job_id] = LinkPolicy(
+                self.client, self.settings.key_prefix, job_id, options)
+        return policy
+
+    def _robots(self, job_id: str, options: CrawlOptions, engine: Engine,
+                limiter: FallbackLimiter) -> RobotsCache | None:
+        """One robots.txt cache per job in this process, shared by its batches."""
+        if job_id not in self.robots:
+            self.robots[job_id] = robots_cache(
+                self.client, self.settings.key_prefix, job_id, options, engine, limiter)
+        return self.robots[job_id]
 
     def _broker(self) -> str:
         return self.settings.shared_broker_url

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redisserver import RedisServer
 
-pytest_plugins = ["httpserver"]
+pytest_plugins = ["httpserver", "siteserver"]
 
 
 @pytest.fixture(scope="session")

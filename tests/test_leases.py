@@ -35,8 +35,8 @@ async def new_job(client: aioredis.Redis, batches: int = 2) -> JobControl:
 
 
 async def start(jobs: JobControl, batch_no: int, worker: str, token: str) -> str:
-    verdict, _live = await jobs.batch_start(JOB, batch_no, worker, token=token,
-                                            lease_ms=LEASE_MS)
+    verdict, _live, _depth = await jobs.batch_start(JOB, batch_no, worker, token=token,
+                                                    lease_ms=LEASE_MS)
     return verdict
 
 
@@ -47,11 +47,11 @@ async def expire(client: aioredis.Redis, batch_no: int) -> None:
 
 async def test_a_running_batch_is_not_run_twice(client: aioredis.Redis) -> None:
     jobs = await new_job(client)
-    assert await jobs.batch_start(JOB, 0, "w1", token="a", lease_ms=LEASE_MS) == ("run", 1)
+    assert await jobs.batch_start(JOB, 0, "w1", token="a", lease_ms=LEASE_MS) == ("run", 1, 0)
     # A redelivered or resent message for the same batch, on any worker: refused.
     assert await start(jobs, 0, "w2", "b") == "leased"
     # Another batch is independent.
-    assert await jobs.batch_start(JOB, 1, "w2", token="b", lease_ms=LEASE_MS) == ("run", 2)
+    assert await jobs.batch_start(JOB, 1, "w2", token="b", lease_ms=LEASE_MS) == ("run", 2, 0)
 
 
 async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_told(

@@ -7,6 +7,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 import fakeredis
 import pytest
@@ -38,7 +39,7 @@ class ScriptedEngine(Engine):
     async def close(self) -> None:
         return None
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: Any = None) -> FetchResult:
         self.calls[url].append(time.monotonic())
         await asyncio.sleep(0)
         return self.script(url, len(self.calls[url]))

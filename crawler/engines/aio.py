@@ -16,6 +16,7 @@ from crawler.engines.base import (
     DRAIN_LIMIT,
     ORIGIN_BOUND_HEADERS,
     Attempt,
+    BeforeHop,
     Engine,
     ascii_location,
     classify_own,
@@ -103,7 +104,7 @@ class AioEngine(Engine):
         if session is not None:
             await session.close()
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
         if self._session is None or self._sem is None:
             raise RuntimeError("AioEngine.start() was not awaited")
         async with self._sem:
@@ -111,14 +112,15 @@ class AioEngine(Engine):
             budget = asyncio.timeout(self.config.timeout)
             try:
                 async with budget:
-                    return await self._fetch(self._session, attempt)
+                    return await self._fetch(self._session, attempt, before_hop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failure = attempt.deadline_error() if budget.expired() else exc
                 return attempt.failed(*classify(failure))
 
-    async def _fetch(self, session: aiohttp.ClientSession, attempt: Attempt) -> FetchResult:
+    async def _fetch(self, session: aiohttp.ClientSession, attempt: Attempt,
+                     before_hop: BeforeHop | None) -> FetchResult:
         url = attempt.begin()
         while True:
             # attempt.headers is replaced (without the origin-bound ones) after a cross-origin hop.
@@ -138,6 +140,8 @@ class AioEngine(Engine):
                     body.finish()
                     return attempt.done(resp.status, resp.headers, body)
                 await _drain(resp)
+            if before_hop is not None:
+                await before_hop(nxt)
             url = nxt
 
 

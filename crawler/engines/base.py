@@ -19,7 +19,7 @@ import abc
 import functools
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote, urljoin, urlsplit
@@ -189,6 +189,9 @@ def classify_own(exc: BaseException) -> tuple[ErrorClass, str] | None:
 # --- one attempt ---------------------------------------------------------------------------
 
 
+BeforeHop = Callable[[str], Awaitable[None]]
+
+
 class Attempt:
     """The state of one fetch: the current hop, redirects, the clock; builds the result."""
 
@@ -304,8 +307,10 @@ class Engine(abc.ABC):
         """Release connections and threads."""
 
     @abc.abstractmethod
-    async def fetch(self, url: str) -> FetchResult:
-        """One attempt at `url`; never raises except CancelledError."""
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
+        """One attempt at `url`; never raises except CancelledError. `before_hop(url)` is
+        awaited before each redirect hop is requested: the caller's politeness (the runner
+        takes a rate-limit slot for the hop's host), which the engine knows nothing of."""
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, ClassVar, cast
@@ -40,6 +40,7 @@ from crawler.engines.base import (
     CHUNK,
     DRAIN_LIMIT,
     Attempt,
+    BeforeHop,
     Engine,
     ascii_location,
     causes,
@@ -307,24 +308,31 @@ class ThreadEngine(Engine):
         for session in sessions:
             session.close()
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
         if self._pool is None:
             raise RuntimeError("ThreadEngine.start() was not awaited")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.fetch_sync, url)
+        loop = asyncio.get_running_loop()
+        hop = None
+        if before_hop is not None:
+            def hop(target: str) -> None:  # on a pool thread: wait for the loop's answer
+                asyncio.run_coroutine_threadsafe(before_hop(target), loop).result()
+        return await loop.run_in_executor(self._pool, self.fetch_sync, url, hop)
 
-    def fetch_sync(self, url: str) -> FetchResult:
+    def fetch_sync(self, url: str, before_hop: Callable[[str], None] | None = None
+                   ) -> FetchResult:
         """One attempt, blocking the calling thread; never raises."""
         attempt = self.attempt(url)
         _budget.deadline = attempt.deadline
         try:
-            return self._fetch(self._session(), attempt)
+            return self._fetch(self._session(), attempt, before_hop)
         except Exception as exc:
             failure = attempt.deadline_error() if attempt.expired() else exc
             return attempt.failed(*classify(failure))
         finally:
             _budget.deadline = None
 
-    def _fetch(self, session: requests.Session, attempt: Attempt) -> FetchResult:
+    def _fetch(self, session: requests.Session, attempt: Attempt,
+               before_hop: Callable[[str], None] | None) -> FetchResult:
         url = attempt.begin()
         while True:
             left = attempt.remaining()
@@ -350,6 +358,8 @@ class ThreadEngine(Engine):
                         break
             finally:
                 resp.close()  # a fully read response already went back to the pool
+            if before_hop is not None:
+                before_hop(nxt)
             url = nxt
 
     def _chunks(self, resp: requests.Response, attempt: Attempt) -> Iterator[bytes]:

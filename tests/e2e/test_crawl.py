@@ -1,0 +1,159 @@
+"""Crawling end to end: three `crawler worker` processes follow links over a generated site.
+
+The site (tests/sitegraph.py) has about 2,000 pages over three hosts on 127.0.0.21-23, with
+cycles, broken links, redirects, decoy links in non-HTML files, a robots.txt with Disallow,
+Allow and Crawl-delay, one with a group for our User-Agent, and one host without robots.txt.
+The reference crawl over the graph (`expected`) says which URLs must get a record, which are
+disallowed, how often the server must see each one; the server's own log is the judge.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sitegraph import ExpectedCrawl, expected
+from siteserver import SiteServer
+
+from e2e.conftest import Cluster, crawler_env
+
+pytestmark = pytest.mark.slow
+
+FAST_DELAY = 0.02  # s: host 0's Crawl-delay for the whole-site crawls (700 pages there)
+SLOW_DELAY = 0.2  # s: the Crawl-delay whose gaps are checked at the server
+GAP_SLACK = 0.005  # s: the server stamps arrivals in a thread of this process (GIL switches)
+
+
+def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "crawler", *args], capture_output=True,
+                          env=crawler_env(cluster.redis_url), timeout=600)
+
+
+def crawl(cluster: Cluster, server: SiteServer, tmp_path: Path, *flags: str
+          ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """Submit the site's seeds with `flags`, wait, return (job, records, status)."""
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("".join(u + "\n" for u in server.site.seeds))
+    sub = cli(cluster, "submit", str(seeds), "--allow-private-networks", "--batch-size", "50",
+              *flags)
+    assert sub.returncode == 0, sub.stderr.decode()
+    job = sub.stdout.decode().strip()
+    waited = cli(cluster, "wait", job, "--timeout", "300")
+    assert waited.returncode == 0, waited.stderr.decode()
+    res = cli(cluster, "results", job)
+    assert res.returncode == 0, res.stderr.decode()
+    records = [orjson.loads(line) for line in res.stdout.splitlines()]
+    st = cli(cluster, "status", job, "--json")
+    return job, records, orjson.loads(st.stdout)
+
+
+def check_exact(records: list[dict[str, Any]], want: ExpectedCrawl, server: SiteServer, *,
+                shortest: bool = True) -> None:
+    """Exactly the expected records, each fetched as often as the reference says (once, plus
+    once per redirect that leads to it), nothing else requested; at their shortest depth when
+    the crawl had a depth limit (levels), else at least that (the depth they were found at)."""
+    urls = Counter(r["url"] for r in records)
+    assert max(urls.values()) == 1, "a URL got two records"
+    missing, extra = want.records - set(urls), set(urls) - want.records
+    assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+    by_url = {r["url"]: r for r in records}
+    depths = {u: r["depth"] for u, r in by_url.items()}
+    if shortest:
+        assert depths == want.depth
+    else:
+        assert all(depths[u] >= d for u, d in want.depth.items())
+    disallowed = {u for u, r in by_url.items() if r["error"] == "robots_disallowed"}
+    assert disallowed == set(want.disallowed)
+    assert {u: r["status"] for u, r in by_url.items() if u not in disallowed} == want.status
+    hits = Counter(h.url for h in server.requests() if h.target != "/robots.txt")
+    assert hits == want.hits
+    robots = Counter(h.host for h in server.requests() if h.target == "/robots.txt")
+    assert set(robots.values()) == {1}, robots  # once per host per job
+
+
+@pytest.fixture(scope="module")
+def fast_site(make_site_server_module: Any) -> SiteServer:
+    return make_site_server_module(crawl_delay=FAST_DELAY)
+
+
+@pytest.fixture(scope="module")
+def make_site_server_module() -> Any:
+    import contextlib
+
+    from siteserver import serve_site
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(serve_site(**kw))
+
+
+def test_a_whole_site_crawl_fetches_exactly_the_reachable_set_once(
+    cluster: Cluster, fast_site: SiteServer, tmp_path: Path
+) -> None:
+    # Given the whole site, every scope, unlimited depth
+    fast_site.reset()
+    want = expected(fast_site.site, fast_site.site.seeds, depth=None, scope="any")
+    # When three workers crawl it
+    _job, records, status = crawl(cluster, fast_site, tmp_path, "--depth", "inf",
+                                  "--scope", "any")
+    # Then the job finished with exactly the reachable set, each page fetched once
+    assert status["state"] == "finished"
+    assert status["total"] == status["done"] == len(want.records)
+    check_exact(records, want, fast_site, shortest=False)
+    # and host 0's Crawl-delay held between any two of its requests
+    gaps = fast_site.gaps(0)
+    assert gaps and min(gaps) >= FAST_DELAY - GAP_SLACK, min(gaps)
+
+
+def test_depth_scope_and_filters_are_exact(
+    cluster: Cluster, fast_site: SiteServer, tmp_path: Path
+) -> None:
+    # Given depth 3 on the seeds' host, with a deny pattern
+    fast_site.reset()
+    deny = r"/s3/"
+    want = expected(fast_site.site, fast_site.site.seeds, depth=3, scope="host",
+                    deny=[deny])
+    # When three workers crawl it (level by level)
+    _job, records, status = crawl(cluster, fast_site, tmp_path, "--depth", "3",
+                                  "--deny", deny)
+    # Then exactly the URLs within 3 links, at their shortest depth, were recorded
+    assert status["state"] == "finished"
+    check_exact(records, want, fast_site)
+    assert max(r["depth"] for r in records) == 3
+
+
+def test_max_pages_is_exact_across_workers(
+    cluster: Cluster, fast_site: SiteServer, tmp_path: Path
+) -> None:
+    fast_site.reset()
+    reachable = expected(fast_site.site, fast_site.site.seeds, depth=None,
+                         scope="any").records
+    _job, records, status = crawl(cluster, fast_site, tmp_path, "--depth", "inf",
+                                  "--scope", "any", "--max-pages", "300")
+    assert status["state"] == "finished"
+    assert len(records) == 300 == status["total"]
+    assert {r["url"] for r in records} <= reachable
+    assert len({r["url"] for r in records}) == 300
+
+
+def test_crawl_delay_gaps_hold_at_the_server(
+    cluster: Cluster, make_site_server_module: Any, tmp_path: Path
+) -> None:
+    # Given host 0 asks for 0.2 s between requests
+    server = make_site_server_module(addresses=("127.0.0.24", "127.0.0.25", "127.0.0.26"),
+                                     crawl_delay=SLOW_DELAY)
+    want = expected(server.site, server.site.seeds, depth=2, scope="host")
+    # When three workers crawl two levels of it
+    _job, records, status = crawl(cluster, server, tmp_path, "--depth", "2")
+    # Then every gap between two of its requests (robots.txt included) is at least that
+    assert status["state"] == "finished"
+    check_exact(records, want, server)
+    times = sorted(h.at for h in server.requests() if h.host == 0)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 10
+    assert min(gaps) >= SLOW_DELAY - GAP_SLACK, min(gaps)
