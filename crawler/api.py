@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
@@ -21,11 +22,15 @@ from typing import Any
 from crawler import loops
 from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
+from crawler.engines import make_engine
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
 from crawler.leases import LeaseTiming
 from crawler.options import CrawlOptions
+from crawler.politeness import polite_fetcher, robots_cache
+from crawler.ratelimit import AsyncRateLimiter
+from crawler.seeding import with_sitemaps
 from crawler.settings import Settings, job_options, load_settings
 from crawler.urls import IntakeStats, accept_urls
 
@@ -68,17 +73,29 @@ class AsyncCrawler:
         job_id = check_job_id(job_id) if job_id else new_job_id()
         intake = intake or IntakeStats()
         await self.jobs.create(job_id, spec)
-        store = self.jobs.store(job_id)
+        store = self.jobs.store(job_id, options or self.settings)
         opts = options or self.settings
         policy = LinkPolicy(self.client, self.settings.key_prefix, job_id, opts)
         batch_no = 0
-        async for batch in claimed_batches(urls, store, intake, batch_size,
-                                           cap=opts.max_pages, on_accepted=policy.add_seeds):
-            pipe = self.client.pipeline(transaction=False)
-            self.jobs.add_batch(pipe, job_id, batch_no, batch)
-            await pipe.execute()
-            send_batches(broker, job_id, [batch_no])
-            batch_no += 1
+        batches = claimed_batches(urls, store, intake, batch_size, cap=opts.max_pages,
+                                  on_accepted=policy.add_seeds)
+        async with contextlib.AsyncExitStack() as stack:
+            if opts.sitemaps:  # read here, through the job's robots cache that workers share
+                engine = await stack.enter_async_context(
+                    make_engine(opts.mode, opts.fetch_config()))
+                limiter = AsyncRateLimiter(self.client, opts.limiter_config(
+                    self.settings.key_prefix))
+                batches = with_sitemaps(
+                    batches, fetch=polite_fetcher(engine, limiter), policy=policy, store=store,
+                    robots=robots_cache(self.client, self.settings.key_prefix, job_id, opts,
+                                        engine, limiter),
+                    cap=opts.max_pages, size=batch_size)
+            async for batch in batches:
+                pipe = self.client.pipeline(transaction=False)
+                self.jobs.add_batch(pipe, job_id, batch_no, batch)
+                await pipe.execute()
+                send_batches(broker, job_id, [batch_no])
+                batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
         # Found-link batches held until the seeds were all in (a level barrier): send them.
         held = await self.jobs.release_held(job_id, lease_ms=LeaseTiming(

@@ -16,9 +16,10 @@ from crawler.export import Format, export
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy, LocalFrontier
 from crawler.jobs import new_job_id
-from crawler.politeness import robots_cache
+from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
+from crawler.seeding import with_sitemaps
 from crawler.settings import Settings
 from crawler.store import ResultStore
 from crawler.urls import IntakeStats
@@ -54,7 +55,8 @@ async def crawl(
                           name="crawler-crawl")
     try:
         await check_redis(client, settings.redis_url)
-        store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix)
+        store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix,
+                            bloom=settings.bloom_params())
         limiter = AsyncRateLimiter(client, settings.limiter_config(settings.key_prefix))
         policy = LinkPolicy(client, settings.key_prefix, store.job_id, settings)
         frontier = LocalFrontier(store, policy, settings) if settings.follows_links else None
@@ -68,6 +70,10 @@ async def crawl(
                 on_start(runner)
             seeds = claimed_batches(urls, store, intake, INTAKE_BATCH, cap=settings.max_pages,
                                     on_accepted=policy.add_seeds)
+            if settings.sitemaps:
+                seeds = with_sitemaps(seeds, fetch=polite_fetcher(engine, limiter),
+                                      robots=robots, policy=policy, store=store,
+                                      cap=settings.max_pages)
             stats = await runner.run(seeds, store)
         await store.add_counter("rejected", intake.rejected)
         summary = CrawlSummary(store.job_id, stats, intake, store_calls=store.calls)

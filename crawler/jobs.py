@@ -34,6 +34,7 @@ import orjson
 
 from crawler.errors import InputError, JobNotFound
 from crawler.keys import job_key, jobs_index
+from crawler.options import CrawlOptions
 from crawler.store import ResultStore, fields_from_counters
 
 _ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l/o/u: readable aloud, no look-alikes
@@ -122,8 +123,10 @@ class JobControl:
     def key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)
 
-    def store(self, job_id: str) -> ResultStore:
-        return ResultStore(self.client, job_id, prefix=self.prefix)
+    def store(self, job_id: str, options: CrawlOptions | None = None) -> ResultStore:
+        """The job's results store; claiming URLs needs the job's `options` (its dedupe)."""
+        bloom = options.bloom_params() if options is not None else None
+        return ResultStore(self.client, job_id, prefix=self.prefix, bloom=bloom)
 
     # --- producer side -------------------------------------------------------------------
 

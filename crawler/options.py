@@ -11,8 +11,9 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from crawler.bloom import BloomParams
 from crawler.engines.config import DEFAULT_USER_AGENT, FetchConfig
 from crawler.ratelimit import LimiterConfig
 from crawler.retry import RetryPolicy
@@ -79,6 +80,8 @@ class CrawlOptions(BaseModel):
     robots_tries: int = Field(4, ge=1, le=100)  # robots.txt fetches before its URLs are refused
     sitemaps: bool = False  # also seed from the seed hosts' sitemaps (robots.txt Sitemap: lines)
     dedupe: Literal["set", "bloom"] = "set"  # per-job URL dedupe: exact set, or a Bloom filter
+    # URLs the filter is sized for, and its false-positive rate once that full (a URL taken for
+    # seen is never fetched; see crawler.bloom). At most 2^32 bits: see _bloom_fits.
     bloom_capacity: int = Field(10_000_000, ge=1_000, le=4_000_000_000)
     bloom_error_rate: float = Field(0.001, ge=1e-9, le=0.1)
 
@@ -98,6 +101,21 @@ class CrawlOptions(BaseModel):
     def _regexes(cls, v: list[str]) -> list[str]:
         check_patterns(v)  # ValueError names the bad one
         return v
+
+    @field_validator("bloom_error_rate")
+    @classmethod
+    def _bloom_fits(cls, v: float, info: ValidationInfo) -> float:
+        # Checked on the last of the three fields (validated in order) so the error names
+        # one setting, not the whole input.
+        if info.data.get("dedupe") == "bloom" and "bloom_capacity" in info.data:
+            BloomParams.for_capacity(info.data["bloom_capacity"], v)  # ValueError: too big
+        return v
+
+    def bloom_params(self) -> BloomParams | None:
+        """The job's Bloom filter (`ResultStore(bloom=...)`), None with the exact set."""
+        if self.dedupe != "bloom":
+            return None
+        return BloomParams.for_capacity(self.bloom_capacity, self.bloom_error_rate)
 
     @property
     def follows_links(self) -> bool:
@@ -146,7 +164,8 @@ class CrawlOptions(BaseModel):
             allowed_networks=tuple(self.allowed_networks),
             dns_ttl=self.dns_ttl,
             keepalive_timeout=self.keepalive_timeout,
-            keep_body=self.store_body or self.follows_links or self.obeys_robots,
+            keep_body=(self.store_body or self.follows_links or self.obeys_robots
+                       or self.sitemaps),
         )
 
     def limiter_config(self, prefix: str) -> LimiterConfig:

@@ -407,6 +407,10 @@ class _Run:
             w = self.ready.popleft()
             if self.r.robots is None or self._robots_allow(w):
                 take.append(w)
+            elif w.host in self.parked and w.host not in self.host_timer:
+                # It came off its host's parked queue but will not ask the limiter, so it
+                # cannot re-arm the host's timer: the next one in line asks now.
+                self._host_timer(w.host, self.loop.time())
         if not take:
             return
         # Slots are taken before the await: other batches of this process dispatch meanwhile.

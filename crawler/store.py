@@ -4,6 +4,8 @@ Key layout (all keys of a job share the hash tag `{id}`, so one script can touch
 also on Redis Cluster):
 
     {prefix}:job:{id}:queued    set of URL digests accepted for the job (dedupe at intake)
+    {prefix}:job:{id}:bloom     instead of `queued` with dedupe = "bloom": a Bloom filter
+                                (bitmap, see crawler.bloom); `seen` stays an exact set
     {prefix}:job:{id}:seen      set of URL digests that have a record (idempotent writes)
     {prefix}:job:{id}:results   stream in completion order, one entry per write batch
                                 (field r = the batch's records as JSON lines)
@@ -29,6 +31,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from crawler.bloom import BloomParams
 from crawler.keys import job_key
 from crawler.records import Record, status_class
 
@@ -66,15 +69,21 @@ class BatchTarget:
 
 
 class ResultStore:
-    """Reads and writes one job's results. Async: the runner and workers live on an event loop."""
+    """Reads and writes one job's results. Async: the runner and workers live on an event loop.
 
-    def __init__(self, client: Redis, job_id: str, *, prefix: str = "crawler") -> None:
+    `bloom`: claim() dedupes with that Bloom filter instead of the exact `queued` set (the
+    job's `dedupe = "bloom"`, see `CrawlOptions.bloom_params`); every store of a job must be
+    built alike. Record writes are exactly-once either way (the `seen` set)."""
+
+    def __init__(self, client: Redis, job_id: str, *, prefix: str = "crawler",
+                 bloom: BloomParams | None = None) -> None:
         # Any: redis-py's stubs type replies as bytes | str unions; decode_responses is off here.
         self.client: Any = client
         self.job_id = job_id
         self.prefix = prefix
+        self.bloom = bloom
         self.keys = {n: job_key(prefix, job_id, n) for n in (
-            "queued", "seen", "results", "counters", "bodies", "rate")}
+            "queued", "bloom", "seen", "results", "counters", "bodies", "rate")}
         lua = resources.files("crawler").joinpath("lua")
         self._write_script = client.register_script(lua.joinpath("store_records.lua").read_text())
         self._claim_script = client.register_script(lua.joinpath("claim.lua").read_text())
@@ -97,8 +106,9 @@ class ResultStore:
     async def _claim(self, urls: Sequence[str], cap: int, depth: int,
                      batch: BatchTarget | None) -> list[str]:
         call = job_key(self.prefix, self.job_id, f"claim:{os.urandom(8).hex()}")
-        keys = [self.keys["queued"], self.keys["counters"], call]
-        args: list[Any] = [cap, depth, "", 0]
+        dedupe = "queued" if self.bloom is None else "bloom"
+        keys = [self.keys[dedupe], self.keys["counters"], call]
+        args: list[Any] = [cap, depth, "", 0, *(self.bloom or (0, 0))]
         if batch is None:
             args += [url_digest(u) for u in urls]
         else:

@@ -158,7 +158,7 @@ class WorkerRuntime:
             return summary | {"outcome": verdict}
         # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
         self.peers = max(self.peers, live)
-        store = self.jobs.store(job_id)
+        store = self.jobs.store(job_id, options)
         engine, limiter = await self._engine(options), self._limiter(options)
         runner = BatchRunner(
             engine, limiter,

@@ -223,7 +223,7 @@ async def test_runners_share_one_slot_pool(redis) -> None:
         engine = ScriptedEngine(ok)
         orig = engine.fetch
 
-        async def fetch(url: str) -> FetchResult:
+        async def fetch(url: str, *, before_hop: Any = None) -> FetchResult:
             nonlocal peak
             peak = max(peak, slots.used)
             await asyncio.sleep(0.001)

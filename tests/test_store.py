@@ -110,7 +110,7 @@ async def test_a_retried_claim_gets_the_same_answer(client: aioredis.Redis) -> N
     # the same call, which must not turn its new URLs into "seen before" (never fetched).
     store = ResultStore(client, "j1")
     keys = [store.keys["queued"], store.keys["counters"], "crawler:job:{j1}:claim:call1"]
-    args = [0, 0, "", 0, *(url_digest(u) for u in ("http://a/", "http://b/"))]
+    args = [0, 0, "", 0, 0, 0, *(url_digest(u) for u in ("http://a/", "http://b/"))]
     first = await store._claim_script(keys=keys, args=args)
     again = await store._claim_script(keys=keys, args=args)
     assert first == again == b"11"

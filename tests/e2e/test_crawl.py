@@ -12,13 +12,13 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sitegraph import ExpectedCrawl, expected
+from crawlcheck import check_exact
+from sitegraph import expected
 from siteserver import SiteServer
 
 from e2e.conftest import Cluster, crawler_env
@@ -51,30 +51,6 @@ def crawl(cluster: Cluster, server: SiteServer, tmp_path: Path, *flags: str
     records = [orjson.loads(line) for line in res.stdout.splitlines()]
     st = cli(cluster, "status", job, "--json")
     return job, records, orjson.loads(st.stdout)
-
-
-def check_exact(records: list[dict[str, Any]], want: ExpectedCrawl, server: SiteServer, *,
-                shortest: bool = True) -> None:
-    """Exactly the expected records, each fetched as often as the reference says (once, plus
-    once per redirect that leads to it), nothing else requested; at their shortest depth when
-    the crawl had a depth limit (levels), else at least that (the depth they were found at)."""
-    urls = Counter(r["url"] for r in records)
-    assert max(urls.values()) == 1, "a URL got two records"
-    missing, extra = want.records - set(urls), set(urls) - want.records
-    assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
-    by_url = {r["url"]: r for r in records}
-    depths = {u: r["depth"] for u, r in by_url.items()}
-    if shortest:
-        assert depths == want.depth
-    else:
-        assert all(depths[u] >= d for u, d in want.depth.items())
-    disallowed = {u for u, r in by_url.items() if r["error"] == "robots_disallowed"}
-    assert disallowed == set(want.disallowed)
-    assert {u: r["status"] for u, r in by_url.items() if u not in disallowed} == want.status
-    hits = Counter(h.url for h in server.requests() if h.target != "/robots.txt")
-    assert hits == want.hits
-    robots = Counter(h.host for h in server.requests() if h.target == "/robots.txt")
-    assert set(robots.values()) == {1}, robots  # once per host per job
 
 
 @pytest.fixture(scope="module")
