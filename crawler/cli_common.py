@@ -147,11 +147,11 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="never follow links matching this (repeatable)")
     f.add_argument("--max-pages", type=int_in(0, 10**12), metavar="N",
                    help="at most N URLs in the job, input URLs included (0 = no limit)")
-    r = f.add_mutually_exclusive_group()
-    r.add_argument("--ignore-robots", dest="robots", action="store_const", const="ignore",
-                   help="do not fetch or obey robots.txt")
-    r.add_argument("--obey-robots", dest="robots", action="store_const", const="obey",
-                   help="obey robots.txt even without --depth (default: only when following)")
+    f.add_argument("--robots", choices=["auto", "obey", "ignore"],
+                   help="robots.txt: auto (default) obeys it when following links, obey "
+                   "always, ignore never")
+    f.add_argument("--ignore-robots", dest="robots", action="store_const", const="ignore",
+                   help="the same as --robots ignore")
     f.add_argument("--sitemaps", action="store_const", const=True,
                    help="also start from the sitemaps named in the seed hosts' robots.txt")
     f.add_argument("--dedupe", choices=["set", "bloom"],

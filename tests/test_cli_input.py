@@ -270,6 +270,28 @@ def hostname_bad(p: Places) -> st.SearchStrategy[str]:
     return st.sampled_from(["", "%z", "w@%q", "%y%h"])
 
 
+def depth_good(p: Places) -> st.SearchStrategy[str]:
+    return st.one_of(st.integers(0, 10**6).map(str), st.sampled_from(["inf", "INF", "all"]))
+
+
+def depth_bad(p: Places) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.integers(max_value=-1).map(str), st.integers(min_value=10**6 + 1).map(str),
+        st.sampled_from(["", "1.5", "-inf", "infinity!", "nan"]),
+        garbage.filter(lambda t: not _parses(int)(t) and t.strip().lower() not in (
+            "inf", "unlimited", "all")),
+    )
+
+
+def regex_good(p: Places) -> st.SearchStrategy[str]:
+    return st.one_of(st.from_regex(r"[a-z0-9/._-]{1,20}", fullmatch=True),
+                     st.sampled_from([r"\.html$", r"^https://", r"/p/(a|b)/", r"(?i)SID="]))
+
+
+def regex_bad(p: Places) -> st.SearchStrategy[str]:
+    return st.sampled_from(["(", "[a-", "*x", "a{2,1}", "(?P<x>a)(?P<x>b)", "x" * 1001, "\\"])
+
+
 def seconds_values() -> tuple[Values, Values]:
     good = st.floats(0, 1e9).map(repr)
     bad = st.one_of(st.floats(max_value=-1e-9).map(repr),
@@ -320,6 +342,15 @@ CRAWL_OPTIONS = [
     Opt("--allow-private-networks"),
     Opt("--allow-network", network_good, network_bad),
     Opt("--store-body"),
+    Opt("--depth", depth_good, depth_bad),
+    Opt("--scope", *choice_values("host", "domain", "any")),
+    Opt("--allow", regex_good, regex_bad),
+    Opt("--deny", regex_good, regex_bad),
+    Opt("--max-pages", *int_values(0, 10**12)),
+    Opt("--robots", *choice_values("auto", "obey", "ignore")),
+    Opt("--ignore-robots"),
+    Opt("--sitemaps"),
+    Opt("--dedupe", *choice_values("set", "bloom")),
 ]
 JOB = Opt("JOB", job_id_good, job_id_bad)
 SOURCE = Opt("FILE", source_good, source_bad)

@@ -93,7 +93,7 @@ def test_max_pages_is_exact(site: SiteServer, tmp_path: Path) -> None:
 def test_sitemaps_seed_the_listed_pages(site: SiteServer, tmp_path: Path) -> None:
     # Given host 2's robots.txt names a sitemap index (a gzipped urlset and a plain one)
     seed = site.site.url((2, "/"))
-    records, _stats, _err = crawl(site, tmp_path, "--sitemaps", "--obey-robots",
+    records, _stats, _err = crawl(site, tmp_path, "--sitemaps", "--robots", "obey",
                                   seeds=[seed])
     # Then every page they list is recorded once (depth 0: nothing is followed), the
     # disallowed ones without a request

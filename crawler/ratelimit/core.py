@@ -114,6 +114,9 @@ def _check_number(config: LimiterConfig, name: str, *, minimum: float, strict: b
         raise ConfigError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
 
 
+MAX_INTERVAL_US = 10**15
+
+
 def to_us(seconds: float) -> int:
     return round(seconds * US)
 
@@ -125,7 +128,9 @@ def interval_us(rate: float) -> int:
     """
     if rate <= 0:
         return 0
-    return max(1, math.ceil(round(US / rate, 6)))
+    # A vanishing rate (1e-300/s) is an interval of ~31 years, not an overflow: the scripts
+    # keep every number exact below 2^53 us.
+    return max(1, math.ceil(min(round(US / rate, 6), MAX_INTERVAL_US)))
 
 
 def slowdown_life_us(config: LimiterConfig) -> int:
