@@ -6,6 +6,7 @@ run on an in-process fakeredis, so `crawler crawl` needs no server.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -23,6 +24,8 @@ from crawler.seeding import with_sitemaps
 from crawler.settings import Settings
 from crawler.store import ResultStore
 from crawler.urls import IntakeStats
+
+log = logging.getLogger(__name__)
 
 INTAKE_BATCH = 1000  # URLs read (in a thread) and deduplicated (one Redis round trip) at a time
 
@@ -55,8 +58,15 @@ async def crawl(
                           name="crawler-crawl")
     try:
         await check_redis(client, settings.redis_url)
+        bloom = settings.bloom_params()
+        if bloom is not None and settings.redis_url is None:
+            # fakeredis copies a whole bitmap per SETBIT (22 URLs/s at the default size); in one
+            # process the exact set costs this process's memory only, and dies with it.
+            log.warning("--dedupe bloom needs a Redis server (CRAWLER_REDIS_URL); the "
+                        "in-process crawl dedupes with the exact set")
+            bloom = None
         store = ResultStore(client, job_id or new_job_id(), prefix=settings.key_prefix,
-                            bloom=settings.bloom_params())
+                            bloom=bloom)
         limiter = AsyncRateLimiter(client, settings.limiter_config(settings.key_prefix))
         policy = LinkPolicy(client, settings.key_prefix, store.job_id, settings)
         frontier = LocalFrontier(store, policy, settings) if settings.follows_links else None
