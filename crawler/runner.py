@@ -113,6 +113,7 @@ class RunnerOptions:
     host_interval: float = 0.0  # s, configured per-host interval: when to re-ask a parked host
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
+    host_cap: int = 0  # slots one host may hold (0: half of them); see crawler.slots
     depth_limit: int = 0  # links followed from pages of depth < this; -1 = any depth
     level_barrier: bool = False  # fetch depth d only when every URL of depth < d is recorded
 
@@ -126,6 +127,7 @@ class RunnerOptions:
             host_interval=1.0 / options.per_host_qps if options.per_host_qps else 0.0,
             body_store_max=options.body_store_max_bytes if options.store_body else None,
             max_pending=max(10 * concurrency, 10_000),
+            host_cap=options.limit_per_host,
             depth_limit=options.depth,
             level_barrier=options.level_barrier,
         )
@@ -202,7 +204,7 @@ class BatchRunner:
         self.robots = robots
         self.limiter = limiter
         self.opt = options
-        self.slots = slots or Slots(options.concurrency)
+        self.slots = slots or Slots(options.concurrency, options.host_cap)
         self.stats = RunStats()
         self.stop_reason: str | None = None
         self.leftover: list[str] = []  # URLs not fetched because the run was stopped
@@ -247,7 +249,7 @@ class _Run:
         self.pending = 0  # URLs taken from the source and not yet recorded
         self.wake = asyncio.Event()
         self.out: asyncio.Queue[PendingRecord | None] = asyncio.Queue()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: dict[asyncio.Task[None], Work] = {}  # fetches started (sleeping or not)
         self.sleeping: dict[asyncio.Task[None], Work] = {}  # granted, waiting for their slot
         self.failure: BaseException | None = None
         self.lateness = lateness_allowance(runner.limiter.config)
@@ -262,6 +264,7 @@ class _Run:
         self.level_open: int | None = depth if runner.opt.level_barrier else None
         self.level_pending: Counter[int] = Counter()
         self.held: dict[int, deque[Work]] = {}
+        self.capped: dict[str, deque[Work]] = {}  # host -> URLs waiting for a host slot
 
     async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
         writer = asyncio.create_task(self._writer())
@@ -274,6 +277,8 @@ class _Run:
                     await self._drain_for_stop(source, self.exhausted)
                     break
                 self._fire_timers()
+                if self.capped:
+                    self._uncap()
                 while not self.exhausted and self.pending < self.r.opt.max_pending and (
                     len(self.ready) < 2 * self.r.opt.concurrency
                 ):
@@ -311,12 +316,14 @@ class _Run:
         left += [item.url for _, _, item in self.timers if isinstance(item, Work)]
         left += [w.url for waiting in self.robots_wait.values() for w in waiting]
         left += [w.url for held in self.held.values() for w in held]
+        left += [w.url for capped in self.capped.values() for w in capped]
         self.pending -= len(left)  # what remains pending are records still being written
         self.ready.clear()
         self.parked.clear()
         self.timers.clear()
         self.robots_wait.clear()
         self.held.clear()
+        self.capped.clear()
         if not exhausted:
             async for batch in source:
                 left.extend(batch)
@@ -341,6 +348,16 @@ class _Run:
             parked.append(w)
         else:
             self.ready.append(w)
+
+    def _uncap(self) -> None:
+        """URLs of hosts that hold fewer than their share of slots again go back in line."""
+        for host in list(self.capped):
+            waiting = self.capped[host]
+            room = self.r.slots.host_cap - self.r.slots.by_host[host]
+            for _ in range(min(room, len(waiting))):
+                self.ready.append(waiting.popleft())
+            if not waiting:
+                del self.capped[host]
 
     def _open_levels(self) -> None:
         """Release the next link level once every URL of the open one has its record."""
@@ -403,31 +420,33 @@ class _Run:
     async def _dispatch(self, free: int) -> None:
         want = min(free, ACQUIRE_MAX)
         take: list[Work] = []
+        slots = self.r.slots
         while self.ready and len(take) < want:
             w = self.ready.popleft()
-            if self.r.robots is None or self._robots_allow(w):
+            if slots.host_full(w.host):
+                self.capped.setdefault(w.host, deque()).append(w)
+            elif self.r.robots is None or self._robots_allow(w):
                 take.append(w)
-            elif w.host in self.parked and w.host not in self.host_timer:
+                slots.take(w.host)  # before the await: other batches dispatch meanwhile
+                continue
+            if w.host in self.parked and w.host not in self.host_timer:
                 # It came off its host's parked queue but will not ask the limiter, so it
                 # cannot re-arm the host's timer: the next one in line asks now.
                 self._host_timer(w.host, self.loop.time())
         if not take:
             return
-        # Slots are taken before the await: other batches of this process dispatch meanwhile.
-        for _ in take:
-            self.r.slots.take()
         try:
             grants = await self.r.limiter.acquire_many([w.host for w in take])
         except BaseException:
             for w in reversed(take):
-                self.r.slots.release()
+                slots.release(w.host)
                 self.ready.appendleft(w)
             raise
         self.stats.limiter_calls += 1
         now = self.loop.time()
         for w, g in zip(take, grants, strict=True):
             if not g.granted:
-                self.r.slots.release()
+                slots.release(w.host)
             if g.decision is Decision.GRANTED:
                 self._start(w, now + g.wait if g.wait > 0 else None)
                 if w.host in self.parked and w.host not in self.host_timer:
@@ -449,16 +468,16 @@ class _Run:
         self.inflight += 1  # its slot was taken in _dispatch
         self.stats.inflight = self.inflight
         task = asyncio.create_task(self._fetch(w, due))
-        self.tasks.add(task)
+        self.tasks[task] = w
         if due is not None:
             self.sleeping[task] = w
         task.add_done_callback(self._fetch_done)
 
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        w = self.tasks.pop(task)
         self.sleeping.pop(task, None)
         self.inflight -= 1
-        self.r.slots.release()
+        self.r.slots.release(w.host)
         self.stats.inflight = self.inflight
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()  # a bug, not a fetch failure: surface it

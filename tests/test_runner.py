@@ -311,3 +311,51 @@ def test_host_of_matches_urlsplit(url: str) -> None:
     from crawler.runner import host_of
 
     assert host_of(url) == (urlsplit(url).hostname or "")
+
+
+class GatedEngine(ScriptedEngine):
+    """Host slow.test answers only once `gate` is set; the others at once. Counts in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(ok)
+        self.gate = asyncio.Event()
+        self.inflight: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = defaultdict(int)
+        self.fast_done = 0
+        self.fast_all = asyncio.Event()  # set when 20 fast pages were fetched
+
+    async def fetch(self, url: str, *, before_hop: Any = None) -> FetchResult:
+        host = url.split("/")[2]
+        self.inflight[host] += 1
+        self.peak[host] = max(self.peak[host], self.inflight[host])
+        try:
+            if host == "slow.test":
+                await self.gate.wait()
+            else:
+                self.fast_done += 1
+                if self.fast_done == 20:
+                    self.fast_all.set()
+                await asyncio.sleep(0)
+            return ok(url, 1)
+        finally:
+            self.inflight[host] -= 1
+
+
+@pytest.mark.parametrize("cap", [0, 1])
+async def test_a_slow_host_never_holds_every_slot(redis, cap: int) -> None:
+    # Given 20 URLs of a host that does not answer, ahead of 20 of a host that does
+    engine = GatedEngine()
+    runner = BatchRunner(engine, AsyncRateLimiter(redis, LimiterConfig()),
+                         RunnerOptions(worker="w1", concurrency=4, host_cap=cap))
+    store = ResultStore(redis, "job")
+    urls = [f"http://slow.test/{i}" for i in range(20)] + [
+        f"http://fast.test/{i}" for i in range(20)]
+    run = asyncio.create_task(runner.run(batches(urls), store))
+    # When the fast host's pages are all fetched (they get slots while slow.test hangs)
+    await asyncio.wait_for(engine.fast_all.wait(), 30)
+    assert not run.done()
+    # Then slow.test never held more than its share (half the slots, or the cap given)
+    assert engine.peak["slow.test"] == (cap or 2)
+    engine.gate.set()
+    stats = await run
+    assert stats.done == 40 and len(await records(store)) == 40
