@@ -28,13 +28,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from crawler.jobs import LINK_BATCH_BASE
 from crawler.keys import job_key
 from crawler.options import CrawlOptions
 from crawler.runner import host_of
 from crawler.scope import UrlFilter, scope_key
 from crawler.store import BatchTarget, ResultStore
-
-LINK_BATCH_BASE = 1 << 40  # batch numbers of found links: never those of submitted batches
 
 
 class LinkPolicy:

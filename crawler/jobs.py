@@ -16,6 +16,7 @@ Keys (besides the results store's, see `crawler.store`):
     {prefix}:job:{id}:owners      hash: running batch -> owner token ('' = handed back)
     {prefix}:job:{id}:depths      hash: batch of found links -> their link depth
     {prefix}:job:{id}:held        set: batches waiting at the level barrier (frontier.py)
+    {prefix}:job:{id}:delayed     sorted set: batches of deferred hosts -> due time (ms)
     {prefix}:job:{id}:scope       set: the seeds' hosts or registered domains (frontier.py)
     {prefix}:job:{id}:robots      hash: origin -> robots.txt answer (robots.py)
 """
@@ -37,6 +38,7 @@ from crawler.keys import job_key, jobs_index
 from crawler.options import CrawlOptions
 from crawler.store import ResultStore, fields_from_counters
 
+LINK_BATCH_BASE = 1 << 40  # numbers of batches workers make: never those of submitted batches
 _ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l/o/u: readable aloud, no look-alikes
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -119,6 +121,8 @@ class JobControl:
         self._end = lua_script(client, "job_batch_end.lua")
         self._control = lua_script(client, "job_control.lua")
         self._release = lua_script(client, "release_held.lua")
+        self._delay = lua_script(client, "delay_batch.lua")
+        self._promote = lua_script(client, "promote_delayed.lua")
 
     def key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)
@@ -239,6 +243,27 @@ class JobControl:
         verdict, live, depth = await self._start(
             keys=keys, args=[batch_no, worker, token, lease_ms, recent_ms, int(barrier)])
         return verdict.decode(), int(live), int(depth)
+
+    async def delay_batch(self, job_id: str, batch_no: int, urls: list[str], depth: int,
+                          delay: float) -> None:
+        """Store URLs as a batch that may run only `delay` s from now (delay_batch.lua)."""
+        await self._delay(
+            keys=[self.key(job_id, f"batch:{batch_no}"), self.key(job_id, "depths"),
+                  self.key(job_id, "delayed")],
+            args=[batch_no, depth, max(int(delay * 1000), 1), *urls])
+
+    async def promote_delayed(self, job_id: str, *, lease_ms: int, limit: int = 100
+                              ) -> list[int]:
+        """Delayed batches now due, given pending leases: the caller sends them."""
+        due = await self._promote(
+            keys=[self.key(job_id, "delayed"), *self._lease_keys(job_id)],
+            args=[lease_ms, limit])
+        return [int(n) for n in due]
+
+    async def new_link_batch(self, job_id: str) -> int:
+        """A batch number of its own for URLs a worker queues (never a submitted batch's)."""
+        return LINK_BATCH_BASE + int(await self.client.hincrby(
+            self.key(job_id, "meta"), "link_batches", 1))
 
     async def release_held(self, job_id: str, *, lease_ms: int) -> list[int]:
         """Batches held at the level barrier, given pending leases: the caller sends them."""

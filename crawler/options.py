@@ -49,6 +49,9 @@ class CrawlOptions(BaseModel):
     penalty_cap: float = Field(300.0, gt=0, le=86_400)
     slowdown_cap: float = Field(16.0, ge=1, le=1024)
     slowdown_half_life: float = Field(60.0, gt=0, le=86_400)
+    # s: a host the limiter defers longer than this gives its URLs back to Redis as a delayed
+    # batch (workers), so a batch never waits on one host
+    handoff_after: float = Field(30.0, gt=0, le=86_400)
 
     # Fetching
     timeout: float = Field(30.0, gt=0, le=3600)

@@ -68,11 +68,17 @@ class RobotsEntry:
                    d.get("d", ""))
 
 
+# Answers that mean "no usable robots.txt", not "unreachable": an address the SSRF guard refuses
+# or an invalid URL (its pages are refused by the same guard, with their own error), too many
+# redirects (RFC 9309 2.3.1.2: unavailable, like a 4xx), a file larger than --max-bytes (the
+# engine keeps no part of it; far beyond the 500 KiB a robots.txt is read to).
+NO_RULES_ERRORS = frozenset({ErrorClass.BLOCKED_ADDRESS, ErrorClass.INVALID_URL,
+                             ErrorClass.TOO_MANY_REDIRECTS, ErrorClass.TOO_LARGE})
+
+
 def classify(res: FetchResult, previous_tries: int, max_tries: int, now: float) -> RobotsEntry:
-    """What one robots.txt response means for its host (see the module docstring). An address
-    the SSRF guard refuses, or an invalid URL, is no answer at all: its pages are refused by
-    the same guard, with their own error, so there is nothing to hold."""
-    if res.error in (ErrorClass.BLOCKED_ADDRESS, ErrorClass.INVALID_URL):
+    """What one robots.txt response means for its host (see the module docstring)."""
+    if res.error in NO_RULES_ERRORS:
         return RobotsEntry(Kind.ALLOW_ALL, now)
     status = res.status
     if res.error is None and status is not None:
@@ -89,12 +95,18 @@ def classify(res: FetchResult, previous_tries: int, max_tries: int, now: float) 
                        detail=detail)
 
 
+def product_token(user_agent: str) -> str:
+    """The name robots.txt groups are matched against (RFC 9309 2.2.1): `crawler` of
+    `crawler/0.1 (+https://...)`, never a word of the contact URL."""
+    return (user_agent.split() or [""])[0].split("/")[0] or user_agent
+
+
 class RobotsRules:
-    """The rules of one origin, for one User-Agent."""
+    """The rules of one origin, for one User-Agent (matched by its product token)."""
 
     def __init__(self, entry: RobotsEntry, user_agent: str) -> None:
         self.entry = entry
-        self.user_agent = user_agent
+        self.user_agent = product_token(user_agent)
         self._parsed = Protego.parse(entry.text) if entry.kind is Kind.RULES else None
 
     def allowed(self, url: str) -> bool:
@@ -115,9 +127,9 @@ class RobotsRules:
 
 
 def origin_of(url: str) -> str:
-    """`scheme://host[:port]` of a canonical URL: robots.txt is per origin."""
+    """`scheme://host[:port]` of a canonical URL (no userinfo): robots.txt is per origin."""
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0].rpartition('@')[2]}"
 
 
 Fetch = Callable[[str], Awaitable[FetchResult]]

@@ -28,7 +28,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -84,6 +84,7 @@ class RunStats:
     links_found: int = 0  # links of fetched pages (before scope and dedupe)
     links_new: int = 0  # of them, new to the job and fetched by this run (embedded)
     robots_disallowed: int = 0
+    handed_off: int = 0  # URLs of long-deferred hosts given back to the job (delayed batches)
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
 
@@ -105,6 +106,10 @@ class Frontier(Protocol):
     async def level_completed(self) -> None: ...
 
 
+# Hands URLs (of one depth) back to the job, to run no sooner than the delay (s) from now.
+Defer = Callable[[list[str], int, float], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnerOptions:
     concurrency: int = 100
@@ -114,6 +119,7 @@ class RunnerOptions:
     body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
     max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
     host_cap: int = 0  # slots one host may hold (0: half of them); see crawler.slots
+    handoff_after: float = 30.0  # s: a host deferred longer gives its URLs back (with `defer`)
     depth_limit: int = 0  # links followed from pages of depth < this; -1 = any depth
     level_barrier: bool = False  # fetch depth d only when every URL of depth < d is recorded
 
@@ -128,6 +134,7 @@ class RunnerOptions:
             body_store_max=options.body_store_max_bytes if options.store_body else None,
             max_pending=max(10 * concurrency, 10_000),
             host_cap=options.limit_per_host,
+            handoff_after=options.handoff_after,
             depth_limit=options.depth,
             level_barrier=options.level_barrier,
         )
@@ -198,10 +205,12 @@ class BatchRunner:
         slots: Slots | None = None,
         frontier: Frontier | None = None,
         robots: RobotsCache | None = None,
+        defer: Defer | None = None,
     ) -> None:
         self.engine = engine
         self.frontier = frontier
         self.robots = robots
+        self.defer = defer
         self.limiter = limiter
         self.opt = options
         self.slots = slots or Slots(options.concurrency, options.host_cap)
@@ -444,6 +453,7 @@ class _Run:
             raise
         self.stats.limiter_calls += 1
         now = self.loop.time()
+        handoff: dict[str, tuple[float, list[Work]]] = {}
         for w, g in zip(take, grants, strict=True):
             if not g.granted:
                 slots.release(w.host)
@@ -453,6 +463,9 @@ class _Run:
                     self._host_timer(w.host, now + g.wait + self.r.opt.host_interval)
             elif g.decision is Decision.DEFER_HOST:
                 self.stats.deferred_host += 1
+                if self.r.defer is not None and g.wait > self.r.opt.handoff_after:
+                    handoff.setdefault(w.host, (g.wait, []))[1].append(w)
+                    continue
                 self.parked.setdefault(w.host, deque()).append(w)
                 if w.host not in self.host_timer:
                     self._host_timer(w.host, now + g.wait)
@@ -461,6 +474,30 @@ class _Run:
                 self.stats.deferred_global += 1
                 horizon = self.r.limiter.config.global_horizon
                 self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
+        for host, (wait, works) in handoff.items():
+            await self._hand_off(host, [*works, *self.parked.pop(host, ())], wait)
+
+    async def _hand_off(self, host: str, works: list[Work], wait: float) -> None:
+        """A host deferred for longer than `handoff_after`: its URLs wait in Redis (a delayed
+        batch), not here, and this run can end without them."""
+        assert self.r.defer is not None
+        by_depth: dict[int, list[Work]] = {}
+        for w in works:
+            by_depth.setdefault(w.depth, []).append(w)
+        for depth, group in by_depth.items():
+            try:
+                await self.r.defer([w.url for w in group], depth, wait)
+            except Exception as exc:  # keep them here: slower, never lost
+                log.warning("could not hand %d URLs of %s back: %s", len(group), host, exc)
+                self.parked.setdefault(host, deque()).extend(group)
+                if host not in self.host_timer:
+                    self._host_timer(host, self.loop.time() + wait)
+                continue
+            self.pending -= len(group)
+            self.stats.handed_off += len(group)
+            if self.level_open is not None:
+                self.level_pending[depth] -= len(group)
+        self.wake.set()
 
     def _start(self, w: Work, due: float | None) -> None:
         """Fetch `w` now (`due` None) or at loop time `due`, its slot: a wait is timed from

@@ -166,6 +166,7 @@ class WorkerRuntime:
                                   worker=self.name),
             slots=self.slots, frontier=self._frontier(job_id, options, store),
             robots=self._robots(job_id, options, engine, limiter),
+            defer=self._deferrer(job_id),
         )
         self.running[job_id][batch_no] = (token, runner)
         deadline = self.loop.call_later(self.batch_time_limit, runner.stop, "time_limit")
@@ -247,6 +248,16 @@ class WorkerRuntime:
             key=lambda name: job_key(prefix, job_id, name), pending_lease_ms=pending,
             send=lambda batches: self._send(job_id, batches), release=release)
 
+    def _deferrer(self, job_id: str) -> Any:
+        """URLs of a host deferred far ahead wait in Redis as a delayed batch (the reaper
+        loop sends it when due), so this batch can end and free its task thread."""
+
+        async def defer(urls: list[str], depth: int, delay: float) -> None:
+            number = await self.jobs.new_link_batch(job_id)
+            await self.jobs.delay_batch(job_id, number, urls, depth, delay)
+
+        return defer
+
     def _policy(self, job_id: str, options: CrawlOptions) -> LinkPolicy:
         policy = self.policies.get(job_id)
         if policy is None:
@@ -314,6 +325,9 @@ class WorkerRuntime:
                 if not await self._owners_had_their_chance():
                     continue
                 for job_id in await self.leases.jobs():
+                    due = await self.jobs.promote_delayed(job_id, lease_ms=self.timing.pending_ms)
+                    if due:
+                        await self._send(job_id, due)
                     over, batches = await self.leases.reap(job_id)
                     if over:
                         await self.leases.forget(job_id)

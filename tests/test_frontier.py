@@ -208,3 +208,19 @@ async def test_a_queue_frontier_sends_one_batch_per_depth_with_new_links(
     # Nothing new: no batch
     assert await frontier.add([(0, ["http://a/1"])]) == []
     assert len(sent) == 2
+
+
+async def test_delayed_batches_run_when_due(client: aioredis.Redis) -> None:
+    jobs = JobControl(client)
+    await jobs.create(JOB, {})
+    soon, later = await jobs.new_link_batch(JOB), await jobs.new_link_batch(JOB)
+    assert later == soon + 1 >= LINK_BATCH_BASE
+    await jobs.delay_batch(JOB, soon, ["http://a/1", "http://a/2"], 1, 0.0)
+    await jobs.delay_batch(JOB, later, ["http://a/3"], 1, 3600.0)
+    assert await jobs.batch_urls(JOB, soon) == ["http://a/1", "http://a/2"]
+    assert await client.hget(key("depths"), str(later)) == b"1"
+    # Only the due one is promoted, with a pending lease so a reaper covers a lost message
+    assert await jobs.promote_delayed(JOB, lease_ms=PENDING_MS) == [soon]
+    assert await client.hget(key("owners"), str(soon)) == b""
+    assert await jobs.promote_delayed(JOB, lease_ms=PENDING_MS) == []
+    assert await client.zcard(key("delayed")) == 1

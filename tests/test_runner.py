@@ -359,3 +359,38 @@ async def test_a_slow_host_never_holds_every_slot(redis, cap: int) -> None:
     engine.gate.set()
     stats = await run
     assert stats.done == 40 and len(await records(store)) == 40
+
+
+async def test_a_host_deferred_far_ahead_is_handed_back_not_held(redis) -> None:
+    # Given host a.test is penalized for a minute (a Retry-After: 60 seen by some worker)
+    lim = AsyncRateLimiter(redis, LimiterConfig())
+    await lim.penalize("a.test", retry_after=60)
+    handed: list[tuple[list[str], int, float]] = []
+
+    async def defer(urls: list[str], depth: int, delay: float) -> None:
+        handed.append((urls, depth, delay))
+
+    engine = ScriptedEngine(ok)
+    runner = BatchRunner(engine, lim, RunnerOptions(worker="w1", concurrency=8,
+                                                   handoff_after=5.0), defer=defer)
+    store = ResultStore(redis, "job")
+    a = [f"http://a.test/{i}" for i in range(10)]
+    b = [f"http://b.test/{i}" for i in range(10)]
+    # When a batch of both runs
+    stats = await runner.run(batches(a + b), store, depth=2)
+    # Then it ends with b's records, and a's URLs were given back once each, due in a minute
+    assert set(await records(store)) == set(b)
+    assert sorted(u for urls, _, _ in handed for u in urls) == sorted(a)
+    assert all(depth == 2 and 55 < delay <= 60 for _, depth, delay in handed)
+    assert stats.handed_off == 10 and not engine.calls.keys() & set(a)
+    assert runner.leftover == []
+
+
+async def test_without_a_defer_hook_a_deferred_host_waits_in_memory(redis) -> None:
+    lim = AsyncRateLimiter(redis, LimiterConfig())
+    await lim.penalize("a.test", retry_after=0.3)
+    _engine, runner = ScriptedEngine(ok), None
+    runner = BatchRunner(_engine, lim, RunnerOptions(worker="w1", handoff_after=0.01))
+    stats = await runner.run(batches(["http://a.test/1", "http://b.test/1"]),
+                             ResultStore(redis, "job"))
+    assert stats.done == 2 and stats.handed_off == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as redis_sync
 from crawlcheck import check_exact
 from sitegraph import expected
 from siteserver import SiteServer
@@ -133,3 +134,40 @@ def test_crawl_delay_gaps_hold_at_the_server(
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 10
     assert min(gaps) >= SLOW_DELAY - GAP_SLACK, min(gaps)
+
+
+def test_a_slow_host_waits_in_redis_and_its_batch_ends(
+    cluster: Cluster, clean_sites: list[Any], tmp_path: Path
+) -> None:
+    # Given a host that asked everyone to wait 6 s (a 429 with Retry-After, seen by a job)
+    slow, fast = clean_sites[0], clean_sites[1]
+
+    def submit(urls: list[str], *flags: str) -> str:
+        src = tmp_path / "urls.txt"
+        src.write_text("\n".join(urls) + "\n")
+        env = crawler_env(cluster.redis_url) | {"CRAWLER_HANDOFF_AFTER": "1"}
+        sub = subprocess.run([sys.executable, "-m", "crawler", "submit", str(src),
+                              "--allow-private-networks", "--retries", "0", *flags],
+                             capture_output=True, env=env, timeout=60)
+        assert sub.returncode == 0, sub.stderr.decode()
+        job = sub.stdout.decode().strip()
+        waited = cli(cluster, "wait", job, "--timeout", "60")
+        assert waited.returncode == 0, waited.stderr.decode()
+        return job
+
+    submit([slow.url("/retry-after/6?t=handoff")])
+    penalized = max(a.at for a in slow.arrivals() if a.query == "t=handoff")
+    # When one batch holds 3 URLs of that host and 30 of another (hand back after 1 s)
+    urls = [slow.url(f"/page/{i}?t=handoff") for i in range(3)]
+    urls += [fast.url(f"/page/{i}?t=handoff") for i in range(30)]
+    job = submit(urls, "--batch-size", "100")
+    # Then every URL has one record; the other host was not held up; the slow host's URLs
+    # went through a delayed batch (a new batch number) and arrived after the penalty
+    res = cli(cluster, "results", job)
+    assert sorted(orjson.loads(x)["url"] for x in res.stdout.splitlines()) == sorted(urls)
+    r = redis_sync.Redis.from_url(cluster.redis_url)
+    assert int(r.hget(f"crawler:job:{{{job}}}:meta", "link_batches") or 0) >= 1
+    late = [a.at for a in slow.arrivals() if a.path.startswith("/page/")]
+    assert len(late) == 3 and min(late) >= penalized + 6 - 0.1
+    fast_done = max(a.at for a in fast.arrivals() if a.query == "t=handoff")
+    assert fast_done < min(late)
