@@ -31,9 +31,9 @@ from typing import Any
 from crawler.jobs import LINK_BATCH_BASE
 from crawler.keys import job_key
 from crawler.options import CrawlOptions
-from crawler.runner import host_of
 from crawler.scope import UrlFilter, scope_key
 from crawler.store import BatchTarget, ResultStore
+from crawler.work import host_of
 
 
 class LinkPolicy:

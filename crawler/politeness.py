@@ -11,11 +11,12 @@ from typing import Any
 
 from crawler.engines.base import Engine
 from crawler.options import CrawlOptions
+from crawler.pacing import polite_wait
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.ratelimit.fallback import FallbackLimiter
 from crawler.records import FetchResult
 from crawler.robots import RobotsCache, RobotsRules
-from crawler.runner import host_of, polite_wait
+from crawler.work import host_of
 
 
 def polite_fetcher(engine: Engine, limiter: AsyncRateLimiter | FallbackLimiter) -> Any:

@@ -28,169 +28,33 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
+from crawler.crawl_steps import CrawlSteps
 from crawler.engines.base import Engine
 from crawler.links import extract_links, is_html
-from crawler.options import CrawlOptions
-from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
+from crawler.pacing import (
+    HOST_LATENESS,
+    MIN_RETRY_GAP,
+    lateness_allowance,
+    polite_wait,
+)
+from crawler.ratelimit import AsyncRateLimiter, Decision
 from crawler.ratelimit.fallback import FallbackLimiter
-from crawler.records import ErrorClass, FetchResult, Record, status_class
-from crawler.retry import RetryPolicy, parse_retry_after, wants_penalty
-from crawler.robots import Kind, RobotsCache, RobotsRules, origin_of
+from crawler.records import FetchResult, Record, status_class
+from crawler.retry import parse_retry_after, wants_penalty
+from crawler.robots import RobotsCache
 from crawler.slots import Slots
 from crawler.store import WRITE_MAX, PendingRecord, ResultStore
+from crawler.work import Defer, Frontier, RunnerOptions, RunStats, Work, host_of
+
+__all__ = ["BatchRunner", "RunStats", "RunnerOptions", "host_of", "lateness_allowance",
+           "polite_wait"]
 
 log = logging.getLogger(__name__)
 
 ACQUIRE_MAX = 256  # URLs per limiter round trip: bounds the script's run time in Redis
 WRITE_LINGER = 0.05  # s a record may wait for others to share its store round trip
-MIN_RETRY_GAP = 0.001  # s: a timer never fires in the past, so the dispatcher cannot spin
-
-
-@dataclass(slots=True)
-class Work:
-    """One URL on its way through the loop."""
-
-    url: str
-    host: str
-    depth: int = 0
-    attempts: int = 0
-
-
-@dataclass
-class RunStats:
-    """Live counters of one run, read by progress displays; the store holds the truth."""
-
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    queued: int = 0
-    done: int = 0
-    ok: int = 0
-    failed: int = 0
-    bytes: int = 0
-    retries: int = 0
-    penalties: int = 0
-    deferred_host: int = 0
-    deferred_global: int = 0
-    limiter_calls: int = 0
-    store_calls: int = 0
-    late_slots: int = 0  # granted slots given up because the process woke too late
-    written: int = 0
-    inflight: int = 0
-    links_found: int = 0  # links of fetched pages (before scope and dedupe)
-    links_new: int = 0  # of them, new to the job and fetched by this run (embedded)
-    robots_disallowed: int = 0
-    handed_off: int = 0  # URLs of long-deferred hosts given back to the job (delayed batches)
-    errors: Counter[str] = field(default_factory=Counter)
-    statuses: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-
-class Frontier(Protocol):
-    """Where found links go (crawler.frontier): claimed into the job before their pages'
-    records are written; returns the ones this run fetches itself, with their depth."""
-
-    async def add(self, pages: Sequence[tuple[int, list[str]]]) -> list[tuple[str, int]]: ...
-
-    async def level_completed(self) -> None: ...
-
-
-# Hands URLs (of one depth) back to the job, to run no sooner than the delay (s) from now.
-Defer = Callable[[list[str], int, float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunnerOptions:
-    concurrency: int = 100
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    worker: str = ""
-    host_interval: float = 0.0  # s, configured per-host interval: when to re-ask a parked host
-    body_store_max: int | None = None  # keep at most this many body bytes; None = no bodies
-    max_pending: int = 10_000  # URLs held in memory (ready + parked + retrying + in flight)
-    host_cap: int = 0  # slots one host may hold (0: half of them); see crawler.slots
-    handoff_after: float = 30.0  # s: a host deferred longer gives its URLs back (with `defer`)
-    depth_limit: int = 0  # links followed from pages of depth < this; -1 = any depth
-    level_barrier: bool = False  # fetch depth d only when every URL of depth < d is recorded
-
-    @classmethod
-    def for_job(cls, options: CrawlOptions, *, concurrency: int, worker: str) -> RunnerOptions:
-        """The runner's view of a job's options, for a process with `concurrency` slots."""
-        return cls(
-            concurrency=concurrency,
-            policy=options.retry_policy(),
-            worker=worker,
-            host_interval=1.0 / options.per_host_qps if options.per_host_qps else 0.0,
-            body_store_max=options.body_store_max_bytes if options.store_body else None,
-            max_pending=max(10 * concurrency, 10_000),
-            host_cap=options.limit_per_host,
-            handoff_after=options.handoff_after,
-            depth_limit=options.depth,
-            level_barrier=options.level_barrier,
-        )
-
-
-MIN_LATENESS = 0.002  # s: below this, ordinary timer jitter would drop slots needlessly
-MAX_LATENESS = 0.02  # s: above this, a late request could bunch with several others
-
-
-HOST_LATENESS = 0.003  # s: same-host gaps stay within a few ms of the per-host interval
-
-
-def lateness_allowance(config: LimiterConfig) -> float | None:
-    """How late a granted request may start before it gives its slot up (None: no limit).
-
-    Global limit: a quarter of its interval, clamped to [2, 20] ms. Arrivals stay within
-    R*W + B + 1 in any window W as long as the lateness allowed here plus the time from this
-    check to the server (a new connection's handshake, a busy machine) stays under one
-    interval; a quarter leaves three quarters for the latter (15 ms at R = 50, where a half
-    measured over-runs at job start, when every worker opens its connections at once).
-    Per-host limit: 3 ms, so two requests to one host are never closer than the interval
-    minus a few ms (a re-asked slot is cheap at per-host rates).
-    """
-    allowances = []
-    if config.qps > 0:
-        allowances.append(min(max(0.25 / config.qps, MIN_LATENESS), MAX_LATENESS))
-    if config.per_host_qps > 0:
-        allowances.append(HOST_LATENESS)
-    return min(allowances) if allowances else None
-
-
-async def polite_wait(limiter: AsyncRateLimiter | FallbackLimiter, host: str) -> None:
-    """Take one slot for `host` from the limiter, however long that takes (robots.txt
-    requests and redirect hops, which do not go through the dispatcher)."""
-    while True:
-        grant = (await limiter.acquire_many([host]))[0]
-        if grant.granted:
-            if grant.wait > 0:
-                await asyncio.sleep(grant.wait)
-            return
-        wait = grant.wait if grant.decision is Decision.DEFER_HOST else min(grant.wait, 1.0)
-        await asyncio.sleep(max(wait, MIN_RETRY_GAP))
-
-
-def host_of(url: str) -> str:
-    """The host of a canonical URL (lower case, no userinfo, port or brackets).
-
-    String slicing, not urlsplit: this runs for every URL and intake already validated it.
-    """
-    _scheme, sep, rest = url.partition("://")
-    if not sep:
-        return urlsplit(url).hostname or ""
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    if netloc.startswith("["):
-        return netloc[1 : netloc.find("]")].lower()
-    return netloc.partition(":")[0].lower()
 
 
 class BatchRunner:
@@ -240,7 +104,7 @@ class BatchRunner:
         return self.stats
 
 
-class _Run:
+class _Run(CrawlSteps):
     """The state of one `BatchRunner.run` call; only the dispatcher coroutine mutates it."""
 
     def __init__(self, runner: BatchRunner, store: ResultStore, depth: int) -> None:
@@ -368,64 +232,6 @@ class _Run:
             if not waiting:
                 del self.capped[host]
 
-    def _open_levels(self) -> None:
-        """Release the next link level once every URL of the open one has its record."""
-        if self.level_open is None or not self.exhausted:
-            return
-        while self.held and self.level_pending[self.level_open] <= 0:
-            self.level_open += 1
-            for w in self.held.pop(self.level_open, ()):
-                parked = self.parked.get(w.host)
-                (parked.append if parked is not None else self.ready.append)(w)
-            self.wake.set()
-
-    def _robots_allow(self, w: Work) -> bool:
-        """May `w` go to the limiter now? Otherwise it waits for its origin's robots.txt, waits
-        out a hold, or is recorded as disallowed (no request)."""
-        robots = self.r.robots
-        assert robots is not None
-        origin = origin_of(w.url)
-        rules = robots.lookup(origin)
-        if rules is None:
-            waiting = self.robots_wait.get(origin)
-            if waiting is None:
-                self.robots_wait[origin] = [w]
-                task = asyncio.create_task(self._load_robots(origin))
-                self.side.add(task)
-                task.add_done_callback(self.side.discard)
-            else:
-                waiting.append(w)
-            return False
-        if rules.entry.kind is Kind.HOLD:
-            wait = max(robots.hold_until(rules) - time.time(), MIN_RETRY_GAP)
-            self._timer(self.loop.time() + wait, w)
-            return False
-        if rules.entry.kind is Kind.REFUSE or not rules.allowed(w.url):
-            self._refuse(w, rules)
-            return False
-        return True
-
-    def _refuse(self, w: Work, rules: RobotsRules) -> None:
-        detail = (f"robots.txt unavailable: {rules.entry.detail}" if rules.entry.detail
-                  else "disallowed by robots.txt")
-        self.stats.robots_disallowed += 1
-        self._emit(w, FetchResult(w.url, error=ErrorClass.ROBOTS_DISALLOWED,
-                                  error_detail=detail))
-
-    async def _load_robots(self, origin: str) -> None:
-        robots = self.r.robots
-        assert robots is not None
-        try:
-            await robots.load(origin)
-        except Exception as exc:  # Redis outages are waited out below us: this is unexpected
-            log.warning("robots.txt of %s: %s; trying again in 1 s", origin, exc)
-            for w in self.robots_wait.pop(origin, []):
-                self._timer(self.loop.time() + 1.0, w)
-            return
-        for w in reversed(self.robots_wait.pop(origin, [])):
-            self.ready.appendleft(w)
-        self.wake.set()
-
     async def _dispatch(self, free: int) -> None:
         want = min(free, ACQUIRE_MAX)
         take: list[Work] = []
@@ -476,28 +282,6 @@ class _Run:
                 self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
         for host, (wait, works) in handoff.items():
             await self._hand_off(host, [*works, *self.parked.pop(host, ())], wait)
-
-    async def _hand_off(self, host: str, works: list[Work], wait: float) -> None:
-        """A host deferred for longer than `handoff_after`: its URLs wait in Redis (a delayed
-        batch), not here, and this run can end without them."""
-        assert self.r.defer is not None
-        by_depth: dict[int, list[Work]] = {}
-        for w in works:
-            by_depth.setdefault(w.depth, []).append(w)
-        for depth, group in by_depth.items():
-            try:
-                await self.r.defer([w.url for w in group], depth, wait)
-            except Exception as exc:  # keep them here: slower, never lost
-                log.warning("could not hand %d URLs of %s back: %s", len(group), host, exc)
-                self.parked.setdefault(host, deque()).extend(group)
-                if host not in self.host_timer:
-                    self._host_timer(host, self.loop.time() + wait)
-                continue
-            self.pending -= len(group)
-            self.stats.handed_off += len(group)
-            if self.level_open is not None:
-                self.level_pending[depth] -= len(group)
-        self.wake.set()
 
     def _start(self, w: Work, due: float | None) -> None:
         """Fetch `w` now (`due` None) or at loop time `due`, its slot: a wait is timed from
@@ -648,16 +432,3 @@ class _Run:
                     self.level_pending[item.record.depth] -= 1
                 self._open_levels()
             self.wake.set()
-
-    async def _follow(self, frontier: Frontier, batch: list[PendingRecord]) -> None:
-        """Claim the links of these pages into the job before their records are written."""
-        pages = [(item.record.depth, item.links) for item in batch if item.links]
-        if not pages:
-            return
-        fresh = await frontier.add(pages)
-        self.stats.links_found += sum(len(links) for _, links in pages)
-        self.stats.links_new += len(fresh)
-        for url, depth in fresh:
-            self._admit_work(Work(url, host_of(url), depth))
-        for item in batch:
-            item.links = None

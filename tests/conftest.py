@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import fakeredis
 import pytest
+import redis.asyncio as aioredis
 from redisserver import RedisServer
 
 pytest_plugins = ["httpserver", "siteserver"]
@@ -25,6 +27,17 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     c.flushall()
     c.close()
     yield redis_server.url
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of fakeredis, then of the real redis-server: scripts must agree."""
+    if request.param == "fakeredis":
+        c = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    else:
+        c = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    yield c
+    await c.aclose()
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import fakeredis
 import orjson
 import pydantic
 import pytest
@@ -23,16 +22,6 @@ from crawler.store import BatchTarget, ResultStore, url_digest
 
 SMALL = BloomParams.for_capacity(1_000, 0.01)
 SITE_ADDRESSES = ("127.0.0.41", "127.0.0.42", "127.0.0.43")  # no other test serves these
-
-
-@pytest.fixture(params=["fakeredis", "redis"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    if request.param == "fakeredis":
-        c = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
-        c = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    yield c
-    await c.aclose()
 
 
 def urls(tag: str, n: int) -> list[str]:

@@ -5,9 +5,6 @@ Against fakeredis and a real redis-server (the same Lua must hold on both).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
@@ -20,16 +17,6 @@ from crawler.store import BatchTarget, PendingRecord, ResultStore
 
 JOB = "jf"
 PENDING_MS = 300_000
-
-
-@pytest.fixture(params=["fakeredis", "redis"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    if request.param == "fakeredis":
-        c = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
-        c = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    yield c
-    await c.aclose()
 
 
 def key(name: str) -> str:

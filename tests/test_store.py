@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 
-import fakeredis
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from crawler.export import export, format_for_path
 from crawler.records import ErrorClass, FetchResult, Record
 from crawler.store import PendingRecord, ResultStore, url_digest
-
-
-@pytest.fixture(params=["fakeredis", "redis"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    if request.param == "fakeredis":
-        c = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
-        c = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
-    yield c
-    await c.aclose()
 
 
 def rec(url: str, status: int | None = 200, error: ErrorClass | None = None, n: int = 10):

@@ -19,9 +19,9 @@ import abc
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import quote, urljoin, urlsplit
 
 from crawler.body import BadEncoding, BodyDecoder, TooLarge
@@ -189,7 +189,7 @@ def classify_own(exc: BaseException) -> tuple[ErrorClass, str] | None:
 # --- one attempt ---------------------------------------------------------------------------
 
 
-BeforeHop = Callable[[str], Awaitable[None]]
+BeforeHop = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class Attempt:

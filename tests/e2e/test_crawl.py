@@ -28,7 +28,12 @@ pytestmark = pytest.mark.slow
 
 FAST_DELAY = 0.02  # s: host 0's Crawl-delay for the whole-site crawls (700 pages there)
 SLOW_DELAY = 0.2  # s: the Crawl-delay whose gaps are checked at the server
-GAP_SLACK = 0.005  # s: the server stamps arrivals in a thread of this process (GIL switches)
+# s: what delivery may take off a gap at the server (a busy 2-core box sends a request some ms
+# after its slot; the server stamps arrivals in a thread of this process). A broken Crawl-delay
+# shows gaps well under a millisecond.
+GAP_SLACK = 0.02
+# Server-side timing: rerun (up to twice) on a CPU-starved host, as in test_distributed.py.
+TIMING = pytest.mark.flaky(reruns=2, reruns_delay=5)
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -82,9 +87,9 @@ def test_a_whole_site_crawl_fetches_exactly_the_reachable_set_once(
     assert status["state"] == "finished"
     assert status["total"] == status["done"] == len(want.records)
     check_exact(records, want, fast_site, shortest=False)
-    # and host 0's Crawl-delay held between any two of its requests
+    # and host 0's Crawl-delay was applied (the exact gaps: test_crawl_delay_gaps_hold...)
     gaps = fast_site.gaps(0)
-    assert gaps and min(gaps) >= FAST_DELAY - GAP_SLACK, min(gaps)
+    assert gaps and min(gaps) >= FAST_DELAY / 2, min(gaps)
 
 
 def test_depth_scope_and_filters_are_exact(
@@ -118,6 +123,7 @@ def test_max_pages_is_exact_across_workers(
     assert len({r["url"] for r in records}) == 300
 
 
+@TIMING
 def test_crawl_delay_gaps_hold_at_the_server(
     cluster: Cluster, make_site_server_module: Any, tmp_path: Path
 ) -> None:
