@@ -91,6 +91,8 @@ def summary_dict(s: CrawlSummary) -> dict[str, Any]:
         "elapsed_s": round(st.elapsed, 4), "pages_per_s": round(st.rate, 1),
         "retries": st.retries, "penalties": st.penalties, "limiter_calls": st.limiter_calls,
         "store_calls": st.store_calls, "late_slots": st.late_slots,
+        "links_found": st.links_found, "links_new": st.links_new,
+        "robots_disallowed": st.robots_disallowed,
         "errors": dict(st.errors), "statuses": dict(st.statuses), "exported": s.exported,
         "intake": {"lines": s.intake.lines, "accepted": s.intake.accepted,
                    "rejected": s.intake.rejected, "duplicates": s.intake.duplicates},
@@ -115,6 +117,9 @@ def print_summary(s: CrawlSummary, output: str | None) -> None:
         f"  retries {st.retries}, penalties {st.penalties}, "
         f"limiter round trips/fetch {calls:.3f}, {st.bytes} body bytes", file=err,
     )
+    if st.links_found or st.robots_disallowed:
+        print(f"  links found {st.links_found}, new {st.links_new}; robots.txt disallowed "
+              f"{st.robots_disallowed}", file=err)
     if output:
         print(f"  {s.exported} records written to {output}", file=err)
 

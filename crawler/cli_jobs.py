@@ -222,6 +222,8 @@ def format_status(st: JobStatus) -> str:
         f"  progress  {st.done}/{st.total} ({pct:.1f}%)  ok {st.ok}  failed {st.failed}  "
         f"pending {st.pending}  cancelled {st.cancelled}",
         f"  input     rejected {st.rejected}  duplicates {st.duplicates}",
+        *([f"  links     depth {'any' if st.depth < 0 else st.depth}  found again "
+           f"{st.link_duplicates}  over --max-pages {st.over_limit}"] if st.depth else []),
         f"  rate      {st.rate_10s:.1f}/s over the last 10 s",
         f"  errors    {errors}",
         f"  statuses  {statuses}",

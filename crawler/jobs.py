@@ -88,6 +88,9 @@ class JobStatus:
     cancelled: int = 0
     rejected: int = 0
     duplicates: int = 0
+    link_duplicates: int = 0  # links found again (crawls)
+    over_limit: int = 0  # URLs dropped beyond max_pages
+    depth: int = 0  # the job's link depth: 0 = its input only, -1 = any
     bytes: int = 0
     rate_10s: float = 0.0
     submitted: bool = False
@@ -184,17 +187,20 @@ class JobControl:
         def opt_int(name: str) -> int | None:
             return int(meta[name]) if name in meta else None
 
+        spec = orjson.loads(meta["spec"]) if "spec" in meta else {}
         return JobStatus(
             job_id=job_id, state=JobState(meta["state"]),
             total=c.get("total", 0), done=c.get("done", 0), ok=c.get("ok", 0),
             failed=c.get("failed", 0), cancelled=c.get("cancelled", 0),
             rejected=c.get("rejected", 0), duplicates=c.get("duplicates", 0),
+            link_duplicates=c.get("link_duplicates", 0), over_limit=c.get("over_limit", 0),
+            depth=int(spec.get("depth", 0)),
             bytes=c.get("bytes", 0), rate_10s=await self.store(job_id).recent_rate(10),
             submitted=meta.get("submitted") == "1", batches=int(meta.get("batches", 0)),
             created=opt_int("created"), started=opt_int("started"), finished=opt_int("finished"),
             errors=fields_from_counters(c, "error"), statuses=fields_from_counters(c, "status"),
             workers={k.decode(): int(v) for k, v in workers_raw.items()},
-            spec=orjson.loads(meta["spec"]) if "spec" in meta else {},
+            spec=spec,
         )
 
     async def recent(self, limit: int = 20) -> list[JobStatus]:
