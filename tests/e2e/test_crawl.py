@@ -180,3 +180,31 @@ def test_a_slow_host_waits_in_redis_and_its_batch_ends(
     assert len(late) == 3 and min(late) >= penalized + 6 - 0.1
     fast_done = max(a.at for a in fast.arrivals() if a.query == "t=handoff")
     assert fast_done < min(late)
+
+
+def test_submit_with_sitemaps_seeds_the_listed_pages(
+    cluster: Cluster, fast_site: SiteServer, tmp_path: Path
+) -> None:
+    # Given host 2's robots.txt names a sitemap index (a gzipped urlset and a plain one)
+    fast_site.reset()
+    seed = fast_site.site.url((2, "/"))
+    src = tmp_path / "seeds.txt"
+    src.write_text(seed + "\n")
+    # When a job is submitted with --sitemaps (read by the submitting process)
+    sub = cli(cluster, "submit", str(src), "--allow-private-networks", "--sitemaps",
+              "--robots", "obey")
+    assert sub.returncode == 0, sub.stderr.decode()
+    job = sub.stdout.decode().strip()
+    assert cli(cluster, "wait", job, "--timeout", "120").returncode == 0
+    # Then the workers recorded the seed and every listed page once, the disallowed ones
+    # without a request, and robots.txt was fetched once for the job (workers reused it)
+    recs = [orjson.loads(x) for x in cli(cluster, "results", job).stdout.splitlines()]
+    listed = set(fast_site.site.sitemap_urls) | {seed}
+    assert sorted(r["url"] for r in recs) == sorted(listed)
+    rules = fast_site.site.rules(2)
+    assert rules is not None
+    for r in recs:
+        allowed = rules.can_fetch(r["url"], "crawler")
+        assert (r["error"] == "robots_disallowed") == (not allowed), r
+    asked = [h for h in fast_site.requests() if h.target == "/robots.txt"]
+    assert len(asked) == 1
