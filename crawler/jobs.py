@@ -256,7 +256,7 @@ class JobControl:
         await self._delay(
             keys=[self.key(job_id, f"batch:{batch_no}"), self.key(job_id, "depths"),
                   self.key(job_id, "delayed")],
-            args=[batch_no, depth, max(int(delay * 1000), 1), *urls])
+            args=[batch_no, depth, max(int(delay * 1000), 0), *urls])
 
     async def promote_delayed(self, job_id: str, *, lease_ms: int, limit: int = 100
                               ) -> list[int]:
