@@ -248,6 +248,8 @@ class _Run(CrawlSteps):
                 # It came off its host's parked queue but will not ask the limiter, so it
                 # cannot re-arm the host's timer: the next one in line asks now.
                 self._host_timer(w.host, self.loop.time())
+        if len(take) < want and self.capped and slots.alone():
+            self._overflow(take, want)
         if not take:
             return
         try:
@@ -282,6 +284,21 @@ class _Run(CrawlSteps):
                 self._timer(now + max(g.wait - horizon / 2, MIN_RETRY_GAP), w)
         for host, (wait, works) in handoff.items():
             await self._hand_off(host, [*works, *self.parked.pop(host, ())], wait)
+
+    def _overflow(self, take: list[Work], want: int) -> None:
+        """Work-conserving share: while no other host holds a slot and none waits in line, a
+        host over its share may use the free slots (a one-site crawl keeps its concurrency);
+        the share binds again as soon as another host's URL is dispatched."""
+        slots = self.r.slots
+        for host in list(self.capped):
+            waiting = self.capped[host]
+            while waiting and len(take) < want:
+                w = waiting.popleft()
+                if self.r.robots is None or self._robots_allow(w):
+                    take.append(w)
+                    slots.take(w.host)
+            if not waiting:
+                del self.capped[host]
 
     def _start(self, w: Work, due: float | None) -> None:
         """Fetch `w` now (`due` None) or at loop time `due`, its slot: a wait is timed from

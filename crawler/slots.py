@@ -6,8 +6,9 @@ so a reserved rate-limit slot is never left waiting behind a full engine (a late
 bunched with on-time ones would break the window bound).
 
 Per-host fairness: slots taken per host are counted too, and no host may hold more than
-`host_cap` of them (by default half the pool), so one slow host (long responses, timeouts)
-never occupies every slot while other hosts have work.
+`host_cap` of them (by default half the pool) while another host holds slots or has URLs in
+line, so one slow host (long responses, timeouts) never occupies every slot while other hosts
+have work; a crawl of one site alone still uses every slot.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Slots:
 
     def host_full(self, host: str) -> bool:
         return self.by_host[host] >= self.host_cap
+
+    def alone(self) -> bool:
+        """At most one host holds slots: a share protects nobody (see `_Run._overflow`)."""
+        return len(self.by_host) <= 1
 
     def take(self, host: str = "") -> None:
         self.used += 1

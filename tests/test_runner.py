@@ -316,9 +316,11 @@ def test_host_of_matches_urlsplit(url: str) -> None:
 class GatedEngine(ScriptedEngine):
     """Host slow.test answers only once `gate` is set; the others at once. Counts in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, full_at: int = 0) -> None:
         super().__init__(ok)
         self.gate = asyncio.Event()
+        self.full_at = full_at  # set `full` when slow.test has this many in flight
+        self.full = asyncio.Event()
         self.inflight: dict[str, int] = defaultdict(int)
         self.peak: dict[str, int] = defaultdict(int)
         self.fast_done = 0
@@ -328,6 +330,8 @@ class GatedEngine(ScriptedEngine):
         host = url.split("/")[2]
         self.inflight[host] += 1
         self.peak[host] = max(self.peak[host], self.inflight[host])
+        if host == "slow.test" and self.inflight[host] == self.full_at:
+            self.full.set()
         try:
             if host == "slow.test":
                 await self.gate.wait()
@@ -394,3 +398,17 @@ async def test_without_a_defer_hook_a_deferred_host_waits_in_memory(redis) -> No
     stats = await runner.run(batches(["http://a.test/1", "http://b.test/1"]),
                              ResultStore(redis, "job"))
     assert stats.done == 2 and stats.handed_off == 0
+
+
+async def test_one_host_alone_uses_every_slot(redis) -> None:
+    # A one-site crawl keeps its concurrency: the share binds only against other hosts
+    engine = GatedEngine(full_at=4)
+    runner = BatchRunner(engine, AsyncRateLimiter(redis, LimiterConfig()),
+                         RunnerOptions(worker="w1", concurrency=4))
+    run = asyncio.create_task(runner.run(
+        batches([f"http://slow.test/{i}" for i in range(10)]), ResultStore(redis, "job")))
+    await asyncio.wait_for(engine.full.wait(), 30)  # all 4 slots on the one host
+    assert not run.done()
+    engine.gate.set()
+    assert (await run).done == 10
+    assert engine.peak["slow.test"] == 4
