@@ -273,6 +273,14 @@ class WorkerRuntime:
                 self.client, self.settings.key_prefix, job_id, options, engine, limiter)
         return self.robots[job_id]
 
+    def _forget_job(self, job_id: str) -> None:
+        """A finished or cancelled job's per-job state goes, so a long-lived worker that runs
+        many jobs does not keep every job's scope keys and robots.txt answers."""
+        self.policies.pop(job_id, None)
+        self.robots.pop(job_id, None)
+        self.specs.pop(job_id, None)
+        self._marked.pop(job_id, None)
+
     def _broker(self) -> str:
         return self.settings.shared_broker_url
 
@@ -331,6 +339,7 @@ class WorkerRuntime:
                     over, batches = await self.leases.reap(job_id)
                     if over:
                         await self.leases.forget(job_id)
+                        self._forget_job(job_id)
                     if batches:
                         log.warning("job %s: batches %s lost their worker (lease ran out); "
                                     "sending them again", job_id, batches)
