@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from crawler.jobs import LINK_BATCH_BASE
 from crawler.keys import job_key
 from crawler.options import CrawlOptions
 from crawler.scope import UrlFilter, scope_key
@@ -94,14 +93,15 @@ class QueueFrontier:
 
     def __init__(
         self, store: ResultStore, policy: LinkPolicy, options: CrawlOptions, *,
-        meta_key: str, key: Callable[[str], str], pending_lease_ms: int,
+        new_batch: Callable[[], Awaitable[int]], key: Callable[[str], str],
+        pending_lease_ms: int,
         send: Callable[[list[int]], Awaitable[None]],
         release: Callable[[], Awaitable[list[int]]],
     ) -> None:
         self.store = store
         self.policy = policy
         self.cap = options.max_pages
-        self.meta_key = meta_key
+        self.new_batch = new_batch
         self.key = key
         self.pending_lease_ms = pending_lease_ms
         self.send = send
@@ -114,8 +114,7 @@ class QueueFrontier:
             kept = await self.policy.keep(links)
             if not kept:
                 continue
-            number = LINK_BATCH_BASE + int(
-                await self.store.client.hincrby(self.meta_key, "link_batches", 1))
+            number = await self.new_batch()
             target = BatchTarget(
                 number, self.key(f"batch:{number}"), self.key("leases"), self.key("owners"),
                 self.key("depths"), self.pending_lease_ms)

@@ -244,7 +244,7 @@ class WorkerRuntime:
 
         return QueueFrontier(
             store, self._policy(job_id, options), options,
-            meta_key=self.jobs.key(job_id, "meta"),
+            new_batch=lambda: self.jobs.new_link_batch(job_id),
             key=lambda name: job_key(prefix, job_id, name), pending_lease_ms=pending,
             send=lambda batches: self._send(job_id, batches), release=release)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from crawler.frontier import LINK_BATCH_BASE, LinkPolicy, QueueFrontier
-from crawler.jobs import JobControl
+from crawler.frontier import LinkPolicy, QueueFrontier
+from crawler.jobs import LINK_BATCH_BASE, JobControl
 from crawler.keys import job_key
 from crawler.options import CrawlOptions
 from crawler.records import FetchResult, Record
@@ -184,7 +184,8 @@ async def test_a_queue_frontier_sends_one_batch_per_depth_with_new_links(
     async def release() -> list[int]:
         return []
 
-    frontier = QueueFrontier(store, policy, options, meta_key=key("meta"), key=key,
+    frontier = QueueFrontier(store, policy, options, new_batch=lambda: jobs.new_link_batch(JOB),
+                             key=key,
                              pending_lease_ms=PENDING_MS, send=send, release=release)
     # Links of two pages at depth 0 and one at depth 1; one link off scope, one repeated
     assert await frontier.add([(0, ["http://a/1", "http://b/"]), (0, ["http://a/1", "http://a/2"]),
