@@ -16,7 +16,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crawler import __version__, cli_jobs, loops
+from crawler import __version__, cli_jobs, gcpause, loops
 from crawler.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -73,6 +73,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
             Progress(enabled=not args.no_progress and sys.stderr.isatty())
         )
         urls: Iterator[str] = iter_urls(source, intake)
+        gcpause.settle()
         summary = loops.run(crawl(
             urls, settings, intake=intake, out=out, fmt=fmt, job_id=args.job_id,
             on_start=progress.attach,

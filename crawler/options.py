@@ -52,6 +52,9 @@ class CrawlOptions(BaseModel):
     # s: a host the limiter defers longer than this gives its URLs back to Redis as a delayed
     # batch (workers), so a batch never waits on one host
     handoff_after: float = Field(30.0, gt=0, le=86_400)
+    # s of a process's own demand one limiter call reserves under a global limit (paced
+    # leases, crawler.pacing.PacedLease); 0 = one call whenever a slot is free
+    lease_period: float = Field(0.02, ge=0, le=1)
 
     # Fetching
     timeout: float = Field(30.0, gt=0, le=3600)

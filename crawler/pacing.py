@@ -7,6 +7,7 @@ The dispatcher asks the limiter for many URLs at once; requests that do not go t
 from __future__ import annotations
 
 import asyncio
+import math
 
 from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
 from crawler.ratelimit.fallback import FallbackLimiter
@@ -49,3 +50,55 @@ async def polite_wait(limiter: AsyncRateLimiter | FallbackLimiter, host: str) ->
             return
         wait = grant.wait if grant.decision is Decision.DEFER_HOST else min(grant.wait, 1.0)
         await asyncio.sleep(max(wait, MIN_RETRY_GAP))
+
+
+LEASE_PERIOD = 0.02  # s of this process's own demand one limiter call reserves (global limit)
+LEASE_LOW = 0.01  # s: ask at once when the reserved slots would run out within this
+RATE_WINDOW = 0.25  # s over which the process's grant rate (its demand) is counted
+
+
+class PacedLease:
+    """When to ask the limiter under a global limit: demand-sized batches (paced leases).
+
+    Without it a process at its share of a high global rate asks once per finished fetch,
+    one slot at a time: a script call per request. Here it waits until `size` slots are free,
+    `size` being what it was granted in the last LEASE_PERIOD (its own demand, so a busy and
+    an idle process on one limiter each ask about every LEASE_PERIOD), and asks for them in
+    one call. The slots of one call are consecutive in the global bucket (one atomic script)
+    and each is started at its own instant, so arrivals keep the limit's spacing; the host
+    buckets are checked in the same call and never leased. A process whose reserved slots
+    run out within LEASE_LOW asks at once whatever is free, so the wait never idles it.
+    No global limit (or `period` 0): ask whenever a slot is free, as before.
+    """
+
+    def __init__(self, *, period: float, concurrency: int, enabled: bool) -> None:
+        self.enabled = enabled and period > 0
+        self.period = period
+        self.cap = max(1, concurrency // 4)  # leave most slots free to be asked for
+        self.last_due = 0.0  # loop time of the latest reserved slot
+        self._window_start = 0.0
+        self._window_grants = 0
+        self._rate = 0.0  # grants/s over the last full window
+
+    def size(self) -> int:
+        """How many free slots to wait for before asking (1 when demand is low)."""
+        return min(self.cap, max(1, math.ceil(self._rate * self.period)))
+
+    def should_ask(self, free: int, queued: int, now: float) -> bool:
+        if not self.enabled or free >= min(self.size(), queued):
+            return True
+        return self.last_due - now < LEASE_LOW
+
+    def recheck_at(self) -> float | None:
+        """Loop time at which the reserved slots run low (None: nothing to wait for)."""
+        return self.last_due - LEASE_LOW if self.enabled else None
+
+    def granted(self, count: int, due: float, now: float) -> None:
+        """Count `count` slots granted now, the latest starting at loop time `due`."""
+        if now - self._window_start >= RATE_WINDOW:
+            elapsed = now - self._window_start
+            # A window that ended long ago says nothing about demand now.
+            self._rate = self._window_grants / elapsed if elapsed < 2 * RATE_WINDOW else 0.0
+            self._window_start, self._window_grants = now, 0
+        self._window_grants += count
+        self.last_due = max(self.last_due, due)

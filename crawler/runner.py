@@ -36,6 +36,7 @@ from crawler.links import extract_links, is_html
 from crawler.pacing import (
     HOST_LATENESS,
     MIN_RETRY_GAP,
+    PacedLease,
     lateness_allowance,
     polite_wait,
 )
@@ -138,6 +139,9 @@ class _Run(CrawlSteps):
         self.level_pending: Counter[int] = Counter()
         self.held: dict[int, deque[Work]] = {}
         self.capped: dict[str, deque[Work]] = {}  # host -> URLs waiting for a host slot
+        self.lease = PacedLease(period=runner.opt.lease_period,
+                                concurrency=runner.opt.concurrency,
+                                enabled=runner.limiter.config.qps > 0)
 
     async def main(self, batches: AsyncIterable[Sequence[str]]) -> None:
         writer = asyncio.create_task(self._writer())
@@ -166,7 +170,10 @@ class _Run(CrawlSteps):
                     break
                 free = min(self.r.slots.free, self.r.opt.concurrency - self.inflight)
                 if free > 0 and self.ready:
-                    await self._dispatch(free)
+                    if self.lease.should_ask(free, len(self.ready), self.loop.time()):
+                        await self._dispatch(free)
+                        continue
+                    await self._sleep_until_event(self.lease.recheck_at())
                     continue
                 await self._sleep_until_event()
         finally:
@@ -262,6 +269,9 @@ class _Run(CrawlSteps):
         self.stats.limiter_calls += 1
         now = self.loop.time()
         handoff: dict[str, tuple[float, list[Work]]] = {}
+        granted = [g.wait for g in grants if g.granted]
+        if granted:
+            self.lease.granted(len(granted), now + max(granted), now)
         for w, g in zip(take, grants, strict=True):
             if not g.granted:
                 slots.release(w.host)
@@ -403,10 +413,10 @@ class _Run(CrawlSteps):
             if not parked:
                 del self.parked[item]
 
-    async def _sleep_until_event(self) -> None:
-        timeout = None
-        if self.timers:
-            timeout = max(self.timers[0][0] - self.loop.time(), 0.0)
+    async def _sleep_until_event(self, until: float | None = None) -> None:
+        """Until something changes, the next timer, or loop time `until` if sooner."""
+        due = [t for t in (until, self.timers[0][0] if self.timers else None) if t is not None]
+        timeout = max(min(due) - self.loop.time(), 0.0) if due else None
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout)

@@ -85,6 +85,7 @@ class RunnerOptions:
     handoff_after: float = 30.0  # s: a host deferred longer gives its URLs back (with `defer`)
     depth_limit: int = 0  # links followed from pages of depth < this; -1 = any depth
     level_barrier: bool = False  # fetch depth d only when every URL of depth < d is recorded
+    lease_period: float = 0.02  # s of demand one limiter call reserves (global limit); 0 = off
 
     @classmethod
     def for_job(cls, options: CrawlOptions, *, concurrency: int, worker: str) -> RunnerOptions:
@@ -100,6 +101,7 @@ class RunnerOptions:
             handoff_after=options.handoff_after,
             depth_limit=options.depth,
             level_barrier=options.level_barrier,
+            lease_period=options.lease_period,
         )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from crawler import loops
+from crawler import gcpause, loops
 from crawler.backend import outage_of, redis_client
 from crawler.broker import send_batches
 from crawler.engines import make_engine
@@ -88,6 +88,7 @@ class WorkerRuntime:
         self._ready.wait()
         self._init: Future[None] = asyncio.run_coroutine_threadsafe(self._setup(), self.loop)
         self._init.result()
+        gcpause.settle()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)

@@ -18,10 +18,19 @@ MARKER = ".bench-requirements"
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "scrapy": ("scrapy==2.19.*",),
     "crawlee": ("crawlee[parsel,beautifulsoup]==1.11.*",),
+    # The peers of bench/peers/. crawlee with only the parsel extra; feapder 1.9.3 imports
+    # `packaging` without declaring it; scrapy-redis 0.9.1 runs on Scrapy 2.19 (its
+    # start_requests() is no longer called, the first batch comes on the first idle signal).
+    "crawlee-parsel": ("crawlee[parsel]==1.11.*",),
+    "feapder": ("feapder==1.9.*", "packaging"),
+    "scrapy-redis": ("scrapy==2.19.*", "scrapy-redis==0.9.*"),
 }
 # Distributions whose versions the report names, per venv.
 REPORTED = {"scrapy": ("scrapy", "twisted", "lxml", "parsel"),
-            "crawlee": ("crawlee", "impit", "parsel", "lxml")}
+            "crawlee": ("crawlee", "impit", "parsel", "lxml"),
+            "crawlee-parsel": ("crawlee", "impit", "parsel", "lxml"),
+            "feapder": ("feapder", "requests", "urllib3", "redis"),
+            "scrapy-redis": ("scrapy-redis", "scrapy", "twisted", "redis")}
 
 
 def python(name: str) -> Path:
