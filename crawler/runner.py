@@ -29,6 +29,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
 
 from crawler.crawl_steps import CrawlSteps
 from crawler.engines.base import Engine
@@ -131,6 +132,7 @@ class _Run(CrawlSteps):
             # A Crawl-delay is a per-host interval the job did not configure: keep its gaps.
             self.lateness = HOST_LATENESS
         self.exhausted = False  # the source gave its last batch
+        self.coming: asyncio.Future[Sequence[str]] | None = None  # the source's next batch
         self.side: set[asyncio.Task[None]] = set()  # robots.txt loaders
         self.robots_wait: dict[str, list[Work]] = {}  # origin -> URLs waiting for its answer
         # Level barrier (depth-limited crawls): URLs deeper than `level_open` wait in `held`
@@ -159,33 +161,58 @@ class _Run(CrawlSteps):
                 while not self.exhausted and self.pending < self.r.opt.max_pending and (
                     len(self.ready) < 2 * self.r.opt.concurrency
                 ):
-                    try:
-                        batch = await anext(source)
-                    except StopAsyncIteration:
-                        self.exhausted = True
-                        self._open_levels()
+                    batch = self._next_batch(source)
+                    if batch is None:
                         break
                     self._admit(batch)
                 if self.exhausted and self.pending == 0:
                     break
                 free = min(self.r.slots.free, self.r.opt.concurrency - self.inflight)
-                if free > 0 and self.ready:
-                    if self.lease.should_ask(free, len(self.ready), self.loop.time()):
+                queued = len(self.ready) or (free if self.capped and self.r.slots.alone() else 0)
+                if free > 0 and queued:
+                    if self.lease.should_ask(free, queued, self.loop.time()):
                         await self._dispatch(free)
                         continue
                     await self._sleep_until_event(self.lease.recheck_at())
                     continue
                 await self._sleep_until_event()
         finally:
-            for t in [*self.tasks, *self.side]:
+            pending: list[asyncio.Future[Any]] = [*self.tasks, *self.side]
+            if self.coming is not None:
+                pending.append(self.coming)
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(*self.tasks, *self.side, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             await self.out.put(None)
             await writer
+
+    def _next_batch(self, source: AsyncIterator[Sequence[str]]) -> Sequence[str] | None:
+        """The source's next batch if it has arrived, else None (asking for it if nobody has).
+
+        The source reads and dedupes in Redis (a round trip per batch): it runs one batch
+        ahead in its own task, so the dispatcher never waits for it while it has URLs."""
+        if self.coming is None:
+            self.coming = asyncio.ensure_future(anext(source))
+            self.coming.add_done_callback(lambda _: self.wake.set())
+        if not self.coming.done():
+            return None
+        arrived, self.coming = self.coming, None
+        try:
+            return arrived.result()
+        except StopAsyncIteration:
+            self.exhausted = True
+            self._open_levels()
+            return None
 
     async def _drain_for_stop(self, source: AsyncIterator[Sequence[str]], exhausted: bool) -> None:
         """Let in-flight fetches land and collect every URL that was not started."""
         left = [w.url for w in self.sleeping.values()]  # reserved slots are simply not used
+        if self.coming is not None:
+            arrived, self.coming = self.coming, None
+            try:
+                left.extend(await arrived)
+            except StopAsyncIteration:
+                exhausted = True
         for task in self.sleeping:
             task.cancel()
         self.sleeping.clear()

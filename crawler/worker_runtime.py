@@ -103,7 +103,7 @@ class WorkerRuntime:
         self.limiter_client = redis_client(url, fail_fast=True, name="crawler-limiter")
         self.jobs = JobControl(self.client, self.settings.key_prefix)
         self.leases = Leases(self.client, self.settings.key_prefix, self.timing)
-        self.slots = Slots(self.settings.concurrency)
+        self.slots = Slots(self.settings.concurrency, self.settings.limit_per_host)
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
         self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -412,3 +412,37 @@ async def test_one_host_alone_uses_every_slot(redis) -> None:
     engine.gate.set()
     assert (await run).done == 10
     assert engine.peak["slow.test"] == 4
+
+
+class FullPipeEngine(ScriptedEngine):
+    """Answers the oldest fetch only while `width` are in flight (or every URL left is): one
+    completion at a time, and the next one only once the runner has refilled the slot."""
+
+    def __init__(self, width: int, total: int) -> None:
+        super().__init__(ok)
+        self.width, self.left = width, total
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    def _release_oldest(self) -> None:
+        if self.waiting and len(self.waiting) == min(self.width, self.left):
+            self.waiting.popleft().set_result(None)
+
+    async def fetch(self, url: str, *, before_hop: Any = None) -> FetchResult:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append(done)
+        self._release_oldest()
+        await done
+        self.left -= 1
+        self._release_oldest()  # the tail: fewer URLs left than slots
+        return ok(url, 1)
+
+
+async def test_one_host_alone_keeps_every_slot_as_fetches_trickle_in(redis) -> None:
+    # Regression: a lone host over its share refilled a finished slot only once it was back
+    # under the share (a one-site crawl at C=1,000 settled at 500 in flight).
+    engine = FullPipeEngine(width=4, total=12)
+    runner = BatchRunner(engine, AsyncRateLimiter(redis, LimiterConfig()),
+                         RunnerOptions(worker="w1", concurrency=4))
+    stats = await asyncio.wait_for(runner.run(
+        batches([f"http://one.test/{i}" for i in range(12)]), ResultStore(redis, "job")), 30)
+    assert stats.done == 12
