@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from httpserver import PAGE, HTTPServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crawler.engines import AioEngine, FetchConfig, ThreadEngine, make_engine
 from crawler.guard import Resolver, StaticResolver, ip_literal
@@ -405,3 +407,31 @@ async def test_async_body_shorter_than_its_content_length_is_a_connection_error(
 
     error, _detail = classify(_asyncio.IncompleteReadError(b"abc", 10))
     assert error == "connection"
+
+
+# --- the request-path fast checks ---------------------------------------------------------
+
+_HOSTS = st.sampled_from(["a.test", "A.Test", "127.0.0.1", "1.2.3", "0x7f.1", "a_b.test",
+                          "[::1]", "", "xn--bcher-kva.de", "b\u00fccher.de", "a b", "h%41"])
+_PORTS = st.sampled_from(["", ":", ":80", ":080", ":65535", ":65536", ":99999", ":0", ":x"])
+_TAILS = st.sampled_from(["", "/", "/p?q=1", "?q", "#f", "/a@b", "\\x", "/\u00e9", ":1/"])
+
+
+@given(st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
+       st.sampled_from(["://", ":/", "//"]), st.sampled_from(["", "user:pw@"]),
+       _HOSTS, _PORTS, _TAILS)
+@settings(max_examples=600, deadline=None)
+def test_check_url_fast_path_agrees_with_urlsplit(
+    scheme: str, sep: str, userinfo: str, host: str, port: str, tail: str
+) -> None:
+    from crawler.engines.base import InvalidURL, _check_url_slowly, check_url
+
+    url = f"{scheme}{sep}{userinfo}{host}{port}{tail}"
+
+    def outcome(check: Any) -> tuple[str, str]:
+        try:
+            return ("host", check(url))
+        except InvalidURL as exc:
+            return ("invalid", str(exc))
+
+    assert outcome(check_url) == outcome(_check_url_slowly)
