@@ -286,6 +286,7 @@ class _Run(CrawlSteps):
             self._overflow(take, want)
         if not take:
             return
+        calls = self.r.limiter.calls
         try:
             grants = await self.r.limiter.acquire_many([w.host for w in take])
         except BaseException:
@@ -293,7 +294,7 @@ class _Run(CrawlSteps):
                 slots.release(w.host)
                 self.ready.appendleft(w)
             raise
-        self.stats.limiter_calls += 1
+        self.stats.limiter_calls += self.r.limiter.calls - calls  # round trips really made
         now = self.loop.time()
         handoff: dict[str, tuple[float, list[Work]]] = {}
         granted = [g.wait for g in grants if g.granted]

@@ -130,17 +130,16 @@ class ResultStore:
         if not batch:
             return 0
         args: list[Any] = [len(batch)]
-        for item in batch:
+        kept: list[Any] = []
+        for i, item in enumerate(batch, 1):
             rec = item.record
             rec.body_stored = item.body is not None
             meta = (f"{1 if rec.ok else 0} {status_class(rec.status)} {rec.bytes} {rec.depth} "
-                    f"{rec.error or ''}")
-            args += [
-                url_digest(rec.url),
-                rec.to_json(),
-                meta,
-                zlib.compress(item.body, 6) if item.body is not None else b"",
-            ]
+                    f"{rec.error or ''}\n")
+            args.append(b"".join((url_digest(rec.url), meta.encode(), rec.to_json())))
+            if item.body is not None:
+                kept += [i, zlib.compress(item.body, 6)]
+        args += kept
         keys = [self.keys[n] for n in ("seen", "results", "counters", "bodies", "rate")]
         self.calls += 1
         written, completed = await self._write_script(keys=keys, args=args)

@@ -160,13 +160,15 @@ class AioEngine(Engine):
 
 # Characters that need no percent-encoding, and only upper-case escapes: what intake's
 # canonical form looks like (crawler.urls), which yarl would leave unchanged anyway.
-_ENCODED = re.compile(r"(?:[A-Za-z0-9\-._~:/?@!$&'()*+,;=]|%[0-9A-F]{2})*")
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~:/?@!$&'()*+,;=]*")
+_ESCAPED = re.compile(r"(?:[A-Za-z0-9\-._~:/?@!$&'()*+,;=]|%[0-9A-F]{2})*")
 
 
 def _yarl(url: str) -> yarl.URL | str:
     """A seed or found URL in canonical form skips yarl's re-encoding and path normalisation
     (about 1 us a request); anything else gets yarl's full treatment."""
-    return yarl.URL(url, encoded=True) if _ENCODED.fullmatch(url) else url
+    encoded = (_ESCAPED if "%" in url else _PLAIN).fullmatch(url)
+    return yarl.URL(url, encoded=True) if encoded else url
 
 
 def _location(resp: aiohttp.ClientResponse) -> str | None:

@@ -13,9 +13,11 @@
 -- KEYS[5]  rate          {prefix}:job:{id}:rate      (hash: a 64-slot ring of records per
 --                        second, fields t<slot> = the second, n<slot> = records written in it)
 -- ARGV[1]  n, the number of records
--- ARGV[2..] per record, 4 values: digest, json, meta, compressed body or "";
+-- ARGV[2..n+1] one value per record: <16-byte digest><meta>\n<json line>, with
 --           meta = "<ok 1/0> <status class 2xx..5xx|none> <decoded bytes> <depth> [error class]"
---           (one string, not four arguments: the client packs fewer values per record)
+--           (one value, not four: every value costs the client to pack and the server to
+--           parse, a real cost on the in-process fakeredis)
+-- ARGV[n+2..] pairs <record index 1..n> <zlib body>, for the records that keep a body
 -- Returns   {records written (the others were duplicates), 1 when this call completed a link
 --           level (every URL accepted at some depth now has a record: held batches of the
 --           next depth may run, see frontier.py) else 0}.
@@ -23,28 +25,31 @@
 local n = tonumber(ARGV[1])
 if n == 0 then return {0, 0} end
 local digests = {}
-for i = 0, n - 1 do digests[i + 1] = ARGV[2 + i * 4] end
+for i = 1, n do digests[i] = string.sub(ARGV[i + 1], 1, 16) end
+local kept = {}
+for j = n + 2, #ARGV, 2 do kept[tonumber(ARGV[j])] = ARGV[j + 1] end
 local seen = redis.call('SMISMEMBER', KEYS[1], unpack(digests))
 local fresh, lines, bodies, taken = {}, {}, {}, {}
 local ok, failed, bytes = 0, 0, 0
 local by, levels = {}, {}
-for i = 0, n - 1 do
-  local b = 2 + i * 4
-  local digest = ARGV[b]
-  if seen[i + 1] == 0 and not taken[digest] then
+for i = 1, n do
+  local digest = digests[i]
+  if seen[i] == 0 and not taken[digest] then
     taken[digest] = true
     fresh[#fresh + 1] = digest
-    lines[#lines + 1] = ARGV[b + 1]
-    local okf, sc, nbytes, depth, err = string.match(ARGV[b + 2],
+    local v = ARGV[i + 1]
+    local nl = string.find(v, '\n', 17, true)
+    lines[#lines + 1] = string.sub(v, nl + 1)
+    local okf, sc, nbytes, depth, err = string.match(string.sub(v, 17, nl - 1),
       '^(%d) (%S+) (%d+) (%d+) ?(%S*)$')
     levels[depth] = (levels[depth] or 0) + 1
     if okf == '1' then ok = ok + 1 else failed = failed + 1 end
     if err ~= '' then by['error:' .. err] = (by['error:' .. err] or 0) + 1 end
     by['status:' .. sc] = (by['status:' .. sc] or 0) + 1
     bytes = bytes + tonumber(nbytes)
-    if ARGV[b + 3] ~= '' then
+    if kept[i] ~= nil then
       bodies[#bodies + 1] = digest
-      bodies[#bodies + 1] = ARGV[b + 3]
+      bodies[#bodies + 1] = kept[i]
     end
   end
 end
