@@ -41,7 +41,8 @@ events {{
     worker_connections 4096;
 }}
 http {{
-    access_log off;
+    log_format stamp '$msec $connection';
+    {access_log}
     default_type text/html;
     sendfile on;
     tcp_nopush on;
@@ -57,6 +58,8 @@ http {{
         listen {host}:{port} backlog=4096;
         root {root};
         location / {{ }}
+        # Connections accepted so far (keep-alive check): read by `connections_accepted`.
+        location = /__nginx_status {{ stub_status; }}
     }}
 }}
 """
@@ -156,13 +159,17 @@ def nginx_version(binary: str) -> str:
     return out.replace("nginx version: nginx/", "")
 
 
-def start_nginx(binary: str, root: Path, tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_nginx(binary: str, root: Path, tmp: Path, port: int, *,
+                access_log: bool = False) -> subprocess.Popen[bytes]:
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / d).mkdir(exist_ok=True)
     # As root nginx drops its worker to `nobody`, who cannot read a 0700 temp dir.
     user = "user root;" if os.geteuid() == 0 else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, user=user, host=HOST, port=port, root=root))
+    # `stamp` lines ("<epoch s with ms> <connection no>") time every arrival (bench.bench_qps).
+    log = f"access_log {tmp}/access.log stamp;" if access_log else "access_log off;"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, user=user, host=HOST, port=port, root=root,
+                                      access_log=log))
     return subprocess.Popen(
         [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -177,13 +184,16 @@ def start_fallback(root: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def serve(root: Path, tmp: Path, *, force_fallback: bool = False) -> Iterator[Site]:
-    """Serve root on a free loopback port until the block exits."""
+def serve(root: Path, tmp: Path, *, force_fallback: bool = False,
+          access_log: bool = False) -> Iterator[Site]:
+    """Serve root on a free loopback port until the block exits (`access_log`: nginx only,
+    one `stamp` line per request in tmp/access.log)."""
     port = free_port()
     binary = None if force_fallback else nginx_binary()
     log = None
     if binary:
-        proc, name = start_nginx(binary, root, tmp, port), f"nginx {nginx_version(binary)}"
+        proc = start_nginx(binary, root, tmp, port, access_log=access_log)
+        name = f"nginx {nginx_version(binary)}"
         log = tmp / "error.log"
     else:
         proc, name = start_fallback(root, port), "aiohttp fallback server"
@@ -192,6 +202,18 @@ def serve(root: Path, tmp: Path, *, force_fallback: bool = False) -> Iterator[Si
         yield Site(f"http://{HOST}:{port}", name, proc.pid, log)
     finally:
         stop(proc)
+
+
+def connections_accepted(site: Site) -> int | None:
+    """Connections nginx has accepted so far (its stub_status); None on the fallback server.
+    The status request itself opens one more, which the caller subtracts."""
+    if not site.server.startswith("nginx"):
+        return None
+    import urllib.request
+
+    with urllib.request.urlopen(f"{site.base}/__nginx_status", timeout=5) as resp:
+        text = resp.read().decode()
+    return int(text.splitlines()[2].split()[0])  # "accepts handled requests" line
 
 
 def run_fallback_server(root: Path, port: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 
 from crawler.ratelimit import AsyncRateLimiter, Decision, LimiterConfig
 from crawler.ratelimit.fallback import FallbackLimiter
@@ -76,9 +77,9 @@ class PacedLease:
         self.period = period
         self.cap = max(1, concurrency // 4)  # leave most slots free to be asked for
         self.last_due = 0.0  # loop time of the latest reserved slot
-        self._window_start = 0.0
-        self._window_grants = 0
-        self._rate = 0.0  # grants/s over the last full window
+        self._recent: deque[tuple[float, int]] = deque()  # (when, slots granted) in the window
+        self._recent_sum = 0
+        self._rate = 0.0  # grants/s over the last RATE_WINDOW
 
     def size(self) -> int:
         """How many free slots to wait for before asking (1 when demand is low)."""
@@ -95,10 +96,16 @@ class PacedLease:
 
     def granted(self, count: int, due: float, now: float) -> None:
         """Count `count` slots granted now, the latest starting at loop time `due`."""
-        if now - self._window_start >= RATE_WINDOW:
-            elapsed = now - self._window_start
-            # A window that ended long ago says nothing about demand now.
-            self._rate = self._window_grants / elapsed if elapsed < 2 * RATE_WINDOW else 0.0
-            self._window_start, self._window_grants = now, 0
-        self._window_grants += count
         self.last_due = max(self.last_due, due)
+        if not self.enabled:
+            return
+        recent = self._recent
+        recent.append((now, count))
+        self._recent_sum += count
+        while recent[0][0] < now - RATE_WINDOW:
+            self._recent_sum -= recent.popleft()[1]
+        first_at, first = recent[0]
+        if now > first_at:  # the grants since the window's first call, over that time
+            self._rate = (self._recent_sum - first) / (now - first_at)
+        else:  # one call so far: as if it were one period's demand
+            self._rate = self._recent_sum / self.period

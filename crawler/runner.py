@@ -168,7 +168,9 @@ class _Run(CrawlSteps):
                 if self.exhausted and self.pending == 0:
                     break
                 free = min(self.r.slots.free, self.r.opt.concurrency - self.inflight)
-                queued = len(self.ready) or (free if self.capped and self.r.slots.alone() else 0)
+                queued = len(self.ready)
+                if self.capped and self.r.slots.alone():  # they may overflow: see _overflow
+                    queued += sum(map(len, self.capped.values()))
                 if free > 0 and queued:
                     if self.lease.should_ask(free, queued, self.loop.time()):
                         await self._dispatch(free)
