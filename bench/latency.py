@@ -625,12 +625,25 @@ def machine_info(args: argparse.Namespace, srv: Server) -> dict[str, str]:
     }
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, steal excluded)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its reaped descendants (rows, server, worker, Redis)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the result that `markdown` renders (and JSON keeps)."""
     started = time.monotonic()
     load0 = os.getloadavg()
+    machine0, own0 = machine_busy(), own_cpu()
     tmp = Path(tempfile.mkdtemp(prefix="crawler-latency-"))
-    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "info": {}}
     try:
         with latency_server(args.delay, args.server) as srv:
             log(f"server: {srv.name} at {srv.base}, delay {args.delay} ms")
@@ -647,6 +660,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["worker"] = asdict(w) | {"passed": w.passed}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # Every child is reaped by now, so own_cpu() has them all: the rest is other work.
+    wall = time.monotonic() - started
+    other = max((machine_busy() - machine0) - (own_cpu() - own0), 0.0)
+    share = other / (wall * (os.cpu_count() or 1))
+    result["info"]["other load"] = (
+        f"processes other than the benchmark's (and kernel softirq) used {other:.0f} CPU s "
+        f"during the run, {share:.0%} of the machine" + ("; NUMBERS SUSPECT" if share > 0.1
+                                                         else ""))
     result["info"]["load average"] = (f"{load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
                                       "(1 min; other jobs may share the machine)")
     result["info"]["benchmark wall"] = f"{time.monotonic() - started:.0f} s"

@@ -79,15 +79,15 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {p.name: p for p in (
-    Peer("scrapy-list", "scrapy", "list", 16, "scrapy_list.py",
+    Peer("scrapy-list", "scrapy", "list", 8, "scrapy_list.py",
          "Scrapy Spider, start() yields the URL list; CONCURRENT_REQUESTS(_PER_DOMAIN)=C"),
     Peer("crawlee-http", "crawlee-parsel", "list", 50, "crawlee_list.py",
          "crawlee HttpCrawler (impit), memory storage, fixed pool of C"),
     Peer("crawlee-parsel", "crawlee-parsel", "list", 50, "crawlee_list.py",
          "crawlee ParselCrawler (impit, every body parsed), memory storage, fixed pool of C"),
-    Peer("feapder-list", "feapder", "list", 32, "feapder_peer.py",
+    Peer("feapder-list", "feapder", "list", 16, "feapder_peer.py",
          "feapder AirSpider, C threads, in-memory queue, one keep-alive requests.Session"),
-    Peer("scrapy-redis", "scrapy-redis", "distributed", 16, "scrapy_redis_peer.py",
+    Peer("scrapy-redis", "scrapy-redis", "distributed", 32, "scrapy_redis_peer.py",
          "2 x scrapy-redis RedisSpider on one Redis list, C each, idle close after 1 s"),
     Peer("feapder-redis", "feapder", "distributed", 32, "feapder_peer.py",
          "2 x feapder Spider on one Redis task zset, C threads each"),
@@ -116,7 +116,12 @@ def run_peer(name: str, urlfile: Path, concurrency: int | None, redis_url: str |
         return _run_list(peer, urlfile, urls, c, run_dir, timeout)
     if not redis_url:
         raise PeerError(f"{name} is distributed: it needs a redis URL")
-    return _run_distributed(peer, urlfile, urls, c, redis_url, run_dir, timeout)
+    import redis  # the project's redis-py: the harness side only
+
+    try:
+        return _run_distributed(peer, urlfile, urls, c, redis_url, run_dir, timeout)
+    except redis.RedisError as exc:
+        raise PeerError(f"{name}: Redis at {redis_url}: {exc}") from exc
 
 
 def _peer(name: str) -> Peer:
@@ -260,7 +265,7 @@ class _Proc:
 
 def _run_distributed(peer: Peer, urlfile: Path, urls: list[str], c: int, redis_url: str,
                      run_dir: Path, timeout: float) -> PeerResult:
-    import redis  # the project's redis-py: the harness side only
+    import redis
 
     key = f"bench-peers:{peer.name}:{uuid.uuid4().hex[:12]}"
     client = redis.Redis.from_url(redis_url)
@@ -346,8 +351,9 @@ def _distributed_result(peer: Peer, urls: list[str], procs: list[_Proc], wall: f
     written = [u for p in procs if p.out.exists() for u in p.out.read_text().split()]
     _check(peer.name, urls, written, sum(int(r["pages"]) for r in reports))
     split = "/".join(str(r["pages"]) for r in reports)
-    note = (f"pages per process {split}; queue filled in {fill_s:.2f} s before the start "
-            f"(unmeasured); peak RSS = sum of the {len(procs)} processes' peaks")
+    spans = "/".join(f"{r['last'] - r['first']:.2f}" if r.get("first") else "-" for r in reports)
+    note = (f"pages per process {split} in {spans} s; queue filled in {fill_s:.2f} s before the "
+            f"start (unmeasured); peak RSS = sum of the {len(procs)} processes' peaks")
     return PeerResult(
         peer.name, len(written), sum(int(r["ok"]) for r in reports), _elapsed(peer.name, reports),
         wall, sum(p.cpu for p in procs), sum(p.maxrss_kib for p in procs) / 1024, len(procs),

@@ -8,8 +8,8 @@ Scrapy 2.13+ async generator) yields one `Request` per line of URLFILE; `parse` 
 JSON serialization, so the row measures Scrapy's engine rather than its exporter). Settings:
 CONCURRENT_REQUESTS = CONCURRENT_REQUESTS_PER_DOMAIN = C, CONCURRENT_ITEMS=1, no robots.txt,
 retries, cookies, AutoThrottle or delay, telnet off, asyncio reactor, LOG_LEVEL WARNING.
-Prints one JSON line: pages, ok, failed, bytes (bodies), first/last (epoch s: first request reached the
-downloader, last item stored), own_elapsed (Scrapy's start_time to finish_time).
+Prints one JSON line: pages, ok, failed, bytes (bodies), first/last (epoch s: first request
+reached the downloader, last item stored), own_elapsed (Scrapy's start_time to finish_time).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("urlfile")
     p.add_argument("out")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=8)
     args = p.parse_args()
     UrlLinePipeline.path = args.out
     process = CrawlerProcess(settings(args.concurrency))

@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--redis-url", required=True)
     p.add_argument("--key", required=True, help="Redis key prefix; the list is KEY:start_urls")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--batch-size", type=int, help="URLs per LRANGE (default: C)")
     p.add_argument("--barrier", action="store_true")
     args = p.parse_args()
