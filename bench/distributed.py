@@ -331,13 +331,15 @@ def run_job(ctx: Ctx, mode: str, batch_size: int, procs: list[subprocess.Popen[b
     finish_run(r, st, job)
 
 
-def presubmitted(ctx: Ctx, mode: str, conc: int, batch_size: int, rep: int) -> Run:
-    """1 worker started after the whole job is enqueued: no submit competing for the cores."""
+def presubmitted(ctx: Ctx, mode: str, conc: int, batch_size: int, rep: int,
+                 n: int = 1) -> Run:
+    """n workers started together after the whole job is enqueued: no submit competing for
+    the cores (as the peers' queues are filled before their processes start)."""
     from crawler.api import Crawler
 
-    r = Run(f"distributed W=1 B={batch_size} pre-submitted", mode, 1, batch_size, conc, rep)
+    r = Run(f"distributed W={n} B={batch_size} pre-submitted", mode, n, batch_size, conc, rep)
     r.cpu = None  # the worker's start-up would be charged to the job: not measured
-    tag = f"{mode}-presub-b{batch_size}-r{rep}"
+    tag = f"{mode}-presub-w{n}-b{batch_size}-r{rep}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with Crawler(redis_url=ctx.redis.url, broker_url=ctx.redis.url) as c:
@@ -351,7 +353,7 @@ def presubmitted(ctx: Ctx, mode: str, conc: int, batch_size: int, rep: int) -> R
             job = sub.stdout.strip().splitlines()[-1]
             nginx0, redis0 = tree_cpu(ctx.site.pid), tree_cpu(ctx.redis.pid)
             t1 = time.perf_counter()
-            procs = start_workers(ctx, 1, conc, tag)
+            procs = start_workers(ctx, n, conc, tag)
             st, seen = poll_job(ctx, c, job, r, t1)
             if st is None or seen is None:
                 return r
@@ -365,7 +367,7 @@ def presubmitted(ctx: Ctx, mode: str, conc: int, batch_size: int, rep: int) -> R
     finally:
         r.killed_workers = stop_workers(procs)
         ctx.redis.flush()
-    if complaints := worker_complaints(ctx, tag, 1):
+    if complaints := worker_complaints(ctx, tag, n):
         r.error = (r.error + "; " if r.error else "") + \
             f"worker log: {len(complaints)} error lines, first: {complaints[0]}"
     return r

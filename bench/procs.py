@@ -67,11 +67,14 @@ def run_measured(
 
         timer = threading.Timer(timeout, kill)
         timer.start()
+        hwm = PeakRSS(proc.pid)
+        hwm.start()
         try:
             # Files, not pipes: nothing to drain, so wait4 can reap it and keep its rusage.
             _, status, ru = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            hwm.stop()
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not
     return Finished(
@@ -80,9 +83,38 @@ def run_measured(
         stderr=err_path.read_text(errors="replace"),
         wall=wall,
         cpu=ru.ru_utime + ru.ru_stime,
-        maxrss_kib=ru.ru_maxrss,
+        # ru_maxrss also counts the spawning process's RSS at exec (Linux keeps the larger of
+        # the old and new image's peaks): a big harness made every small child look big.
+        maxrss_kib=hwm.peak_kib or ru.ru_maxrss,
         timed_out=killed.is_set(),
     )
+
+
+class PeakRSS(threading.Thread):
+    """Samples a process's own peak RSS (VmHWM of /proc/PID/status: since its exec) every
+    SAMPLE_EVERY s until stopped; the last sample before it exits is its peak so far."""
+
+    SAMPLE_EVERY = 0.02
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak_kib = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.SAMPLE_EVERY):
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return  # exited (or not Linux)
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(1)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -112,7 +112,8 @@ def run_dist_row(ctx: Ctx, row: str, rep: int, conc: int) -> ListRun:
     dctx = d.Ctx(ctx.srv, ctx.redis, ctx.tmp, ctx.timeout, ctx.urlfile,
                  env={k: v for k, v in os.environ.items() if not k.startswith("CRAWLER_")}
                  | {"CRAWLER_REDIS_URL": ctx.redis.url, "CRAWLER_BROKER_URL": ctx.redis.url})
-    r = d.distributed(dctx, "async", n, conc, DIST_BATCH, rep)
+    # Queue filled first, then the workers start together: as the 2-process peers run.
+    r = d.presubmitted(dctx, "async", conc, DIST_BATCH, rep, n=n)
     return ListRun(row, rep, conc, r.pages, r.elapsed, r.wall, r.cpu, r.maxrss_mib,
                    processes=n, error=r.error)
 

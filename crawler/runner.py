@@ -299,8 +299,7 @@ class _Run(CrawlSteps):
         self.stats.limiter_calls += self.r.limiter.calls - calls  # round trips really made
         now = self.loop.time()
         handoff: dict[str, tuple[float, list[Work]]] = {}
-        granted = [g.wait for g in grants if g.granted]
-        if granted:
+        if self.lease.enabled and (granted := [g.wait for g in grants if g.granted]):
             self.lease.granted(len(granted), now + max(granted), now)
         for w, g in zip(take, grants, strict=True):
             if not g.granted:
