@@ -294,6 +294,36 @@ async def test_connections_are_reused(mode: str, http_server: HTTPServer) -> Non
     assert len(http_server.client_ports()) <= 4
 
 
+class CountingResolver(StaticResolver):
+    """Counts the lookups that reach it (the engine's DNS cache should answer the rest)."""
+
+    def __init__(self, mapping: dict[str, list[str]]) -> None:
+        super().__init__(mapping)
+        self.lookups = 0
+
+    def resolve_sync(self, host: str, port: int) -> list[str]:
+        self.lookups += 1
+        return super().resolve_sync(host, port)
+
+
+@both
+async def test_a_name_is_resolved_once_and_its_connections_reused(
+    mode: str, http_server: HTTPServer
+) -> None:
+    # The DNS cache (aiohttp's ttl_dns_cache; the guard's cache for threads) and keep-alive,
+    # counted where they show: lookups at the resolver, client ports at the server.
+    resolver = CountingResolver({"site.test": ["127.0.0.1"]})
+    async with make_engine(mode, config(concurrency=4), resolver=resolver) as engine:
+        for burst in range(3):
+            results = await asyncio.gather(*(
+                engine.fetch(f"http://site.test:{http_server.port}/page/{burst * 20 + i}")
+                for i in range(20)))
+            assert all(r.status == 200 for r in results)
+    assert len(http_server.arrivals()) == 60
+    assert len(http_server.client_ports()) <= 4
+    assert 1 <= resolver.lookups <= 4  # at most one per connection opened, not per request
+
+
 @both
 async def test_headers_and_user_agent_sent(mode: str, http_server: HTTPServer) -> None:
     res = await fetch(
