@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import operator
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,7 +109,7 @@ class Record:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = dict(zip(_RECORD_FIELDS, _record_values(self), strict=True))
+        d = {name: getattr(self, name) for name in _RECORD_FIELDS}
         if self.extra:
             d.update(self.extra)
         return d
@@ -121,7 +120,6 @@ class Record:
 
 # Field names in declaration order, computed once (to_dict runs for every record).
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "extra")
-_record_values = operator.attrgetter(*_RECORD_FIELDS)
 
 # Column order for CSV export: the contract fields first, in the README's order.
 CSV_FIELDS = (
