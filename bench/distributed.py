@@ -47,7 +47,16 @@ import psutil
 
 from bench import site
 from bench.contenders import crawler_command, ours
-from bench.procs import Redis, cpu_model, git_revision, redis_server, run_measured, tree_cpu
+from bench.procs import (
+    Redis,
+    cpu_model,
+    git_revision,
+    machine_busy,
+    own_cpu,
+    redis_server,
+    run_measured,
+    tree_cpu,
+)
 from bench.profile import read_stacks
 from bench.run import REPO, RESULTS, child_env, describe_failure, log, warm_up
 
@@ -646,18 +655,6 @@ def markdown(info: dict[str, str], table: list[dict[str, Any]], rats: list[dict[
     lines += ["", "Numbers from a machine where the workers, nginx and Redis share the cores; "
               "compare rows of the same run."]
     return "\n".join(lines) + "\n"
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all CPUs, steal excluded)."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and its reaped descendants."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def machine_info(args: argparse.Namespace, srv: site.Site, redis: Redis) -> dict[str, str]:

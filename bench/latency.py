@@ -51,7 +51,16 @@ from typing import Any
 import psutil
 
 from bench.contenders import ParseError, crawler_command, ours, parse_cli, parse_raw, raw
-from bench.procs import Redis, cpu_model, git_revision, redis_server, run_measured, tree_cpu
+from bench.procs import (
+    Redis,
+    cpu_model,
+    git_revision,
+    machine_busy,
+    own_cpu,
+    redis_server,
+    run_measured,
+    tree_cpu,
+)
 from bench.site import HOST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -622,18 +631,6 @@ def machine_info(args: argparse.Namespace, srv: Server) -> dict[str, str]:
         "job": f"C x {args.rounds} distinct URLs per C on the one host, --retries 0; "
                f"{args.repeat} repetition(s) interleaved, medians",
     }
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all CPUs, steal excluded)."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and its reaped descendants (rows, server, worker, Redis)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

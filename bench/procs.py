@@ -172,3 +172,18 @@ def redis_server(tmp: Path) -> Iterator[Redis | None]:
         yield Redis(f"redis://{HOST}:{port}/0", proc.pid, short)
     finally:
         stop(proc)
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, steal excluded): a report's
+    "other load" is this minus what the benchmark's own processes used."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its reaped descendants."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system

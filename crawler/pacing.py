@@ -63,12 +63,13 @@ class PacedLease:
 
     Without it a process at its share of a high global rate asks once per finished fetch,
     one slot at a time: a script call per request. Here it waits until `size` slots are free,
-    `size` being what it was granted in the last LEASE_PERIOD (its own demand, so a busy and
-    an idle process on one limiter each ask about every LEASE_PERIOD), and asks for them in
-    one call. The slots of one call are consecutive in the global bucket (one atomic script)
-    and each is started at its own instant, so arrivals keep the limit's spacing; the host
-    buckets are checked in the same call and never leased. A process whose reserved slots
-    run out within LEASE_LOW asks at once whatever is free, so the wait never idles it.
+    `size` being its grant rate over the last RATE_WINDOW times LEASE_PERIOD (its own demand,
+    so a busy and an idle process on one limiter each ask about every LEASE_PERIOD; at most a
+    quarter of its slots), and asks for them in one call. The slots of one call are
+    consecutive in the global bucket (one atomic script) and each is started at its own
+    instant, so arrivals keep the limit's spacing; the host buckets are checked in the same
+    call and never leased. A process whose reserved slots run out within LEASE_LOW asks at
+    once for whatever is free, so the wait never idles it.
     No global limit (or `period` 0): ask whenever a slot is free, as before.
     """
 

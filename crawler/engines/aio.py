@@ -126,7 +126,11 @@ class AioEngine(Engine):
                     return attempt.failed(*classify(attempt.deadline_error()))
                 raise
             except Exception as exc:
-                return attempt.failed(*classify(exc))
+                failure: BaseException = exc
+                if self._deadlines.expired(task):  # a library turned our cancel into an error
+                    task.uncancel()
+                    failure = attempt.deadline_error()
+                return attempt.failed(*classify(failure))
             finally:
                 self._deadlines.finish(task, key)
 
