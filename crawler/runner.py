@@ -431,7 +431,14 @@ class _Run(CrawlSteps):
             _, _, item = heapq.heappop(self.timers)
             if isinstance(item, Work):
                 parked = self.parked.get(item.host)
-                (parked.append if parked is not None else self.ready.append)(item)
+                if parked is None:
+                    self.ready.append(item)
+                    continue
+                parked.append(item)
+                if item.host not in self.host_timer:
+                    # Its host's timer was spent on a URL that then met global back-pressure
+                    # (which re-arms nothing): without a timer the host would wait forever.
+                    self._host_timer(item.host, now)
                 continue
             self.host_timer.discard(item)
             parked = self.parked.get(item)

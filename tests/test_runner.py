@@ -14,7 +14,7 @@ import pytest
 
 from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
-from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
+from crawler.ratelimit import AsyncRateLimiter, Decision, Grant, LimiterConfig
 from crawler.records import ErrorClass, FetchResult
 from crawler.retry import RetryPolicy
 from crawler.runner import BatchRunner, RunnerOptions
@@ -458,3 +458,36 @@ async def test_paced_leases_ask_the_limiter_for_many_slots_at_once(redis, hosts:
     stats = await runner.run(batches(urls, 200), store)
     assert set(await records(store)) == set(urls)
     assert stats.limiter_calls / len(urls) < 0.3, stats.limiter_calls
+
+
+class ScriptedLimiter:
+    """Answers acquire_many from a list of decision lists, then grants everything."""
+
+    def __init__(self, answers: list[list[Decision]]) -> None:
+        self.config = LimiterConfig(qps=10)
+        self.answers = answers
+        self.calls = 0
+
+    async def acquire_many(self, hosts: Sequence[str]) -> list[Grant]:
+        self.calls += 1
+        script = self.answers.pop(0) if self.answers else [Decision.GRANTED] * len(hosts)
+        return [Grant(d, 10_000 if d is Decision.DEFER_HOST else 0) for d in script]
+
+    async def penalize(self, host: str, retry_after: float | None = None) -> float:
+        return 0.0
+
+
+async def test_a_parked_host_is_not_stranded_by_global_back_pressure(redis) -> None:
+    # Regression: a URL released from a parked host that then met DEFER_GLOBAL went to a
+    # plain timer and re-armed no host timer; when it fired it joined the parked queue, and
+    # nothing released that host again (the job hung with its URLs parked).
+    limiter = ScriptedLimiter([
+        [Decision.DEFER_HOST, Decision.DEFER_HOST],  # both parked, the host's timer armed
+        [Decision.DEFER_GLOBAL],  # the first released one meets back-pressure
+    ])
+    engine = ScriptedEngine(ok)
+    runner = BatchRunner(engine, limiter,  # type: ignore[arg-type]
+                         RunnerOptions(worker="w1", concurrency=4, lease_period=0.0))
+    urls = ["http://h.test/1", "http://h.test/2"]
+    stats = await asyncio.wait_for(runner.run(batches(urls), ResultStore(redis, "job")), 30)
+    assert stats.done == 2
