@@ -51,6 +51,7 @@ from typing import Any
 import psutil
 
 from bench.contenders import ParseError, crawler_command, ours, parse_cli, parse_raw, raw
+from bench.hostile import thin
 from bench.procs import (
     Redis,
     cpu_model,
@@ -774,18 +775,6 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Numbers from a 2-core machine where client and server share the cores; "
               "compare rows of the same run."]
     return "\n".join(lines) + "\n"
-
-
-def thin(samples: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
-    """The first sample past every 10 % of the URLs, and the last one."""
-    out: list[dict[str, Any]] = []
-    for tenth in range(11):
-        hit = next((s for s in samples if s["done"] >= tenth * total / 10), None)
-        if hit is not None and hit not in out:
-            out.append(hit)
-    if samples and samples[-1] not in out:
-        out.append(samples[-1])
-    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -95,7 +95,9 @@ def read_urls(path: str) -> list[str]:
         return [u for line in f if (u := line.strip())]
 
 
-class ListAirSpider(feapder.AirSpider):
+class _ListMixin:
+    """The URL list in, every page counted: the same for the in-memory and the Redis spider."""
+
     urls: list[str] = []
 
     def start_requests(self):  # type: ignore[no-untyped-def]
@@ -110,19 +112,12 @@ class ListAirSpider(feapder.AirSpider):
         TALLY.done(request.url, response.status_code, response.content)
 
 
-class ListRedisSpider(feapder.Spider):
+class ListAirSpider(_ListMixin, feapder.AirSpider):
+    urls: list[str] = []  # its own list: the class attribute is set per run
+
+
+class ListRedisSpider(_ListMixin, feapder.Spider):
     urls: list[str] = []
-
-    def start_requests(self):  # type: ignore[no-untyped-def]
-        for url in self.urls:
-            yield feapder.Request(url)
-
-    def download_midware(self, request: Any) -> Any:
-        TALLY.started()
-        return request
-
-    def parse(self, request: Any, response: Any) -> None:
-        TALLY.done(request.url, response.status_code, response.content)
 
 
 def redis_settings(url: str) -> dict[str, Any]:

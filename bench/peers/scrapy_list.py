@@ -117,6 +117,11 @@ def main() -> None:
     crawler = process.create_crawler(ListSpider)
     process.crawl(crawler, urlfile=args.urlfile)
     process.start()
+    print_report(crawler)
+
+
+def print_report(crawler: Any) -> None:
+    """The one JSON line the harness reads, from a finished crawler's stats and CLOCK."""
     stats = crawler.stats.get_stats()
     print(json.dumps({
         "pages": stats.get("item_scraped_count", 0),

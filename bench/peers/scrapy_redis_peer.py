@@ -25,14 +25,13 @@ Prints one JSON line: pages, ok, failed, bytes, first/last (epoch s), own_elapse
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 from scrapy import signals
 from scrapy.crawler import CrawlerProcess
 from scrapy.http import Response
-from scrapy_list import CLOCK, UrlLinePipeline, page_item, settings
+from scrapy_list import CLOCK, UrlLinePipeline, page_item, print_report, settings
 from scrapy_redis.spiders import RedisSpider
 
 
@@ -81,17 +80,7 @@ def main() -> None:
     if args.barrier:
         barrier(args.redis_url, args.key)
     process.start()
-    stats = crawler.stats.get_stats()
-    print(json.dumps({
-        "pages": stats.get("item_scraped_count", 0),
-        "ok": CLOCK.ok,
-        "failed": stats.get("downloader/exception_count", 0),
-        "bytes": CLOCK.bytes,
-        "first": CLOCK.first,
-        "last": CLOCK.last,
-        "own_elapsed": (stats["finish_time"] - stats["start_time"]).total_seconds(),
-        "reason": stats.get("finish_reason"),
-    }))
+    print_report(crawler)
 
 
 if __name__ == "__main__":
