@@ -83,11 +83,7 @@ def check_url(url: str) -> str:
         raise InvalidURL("URL contains control characters")
     m = _SIMPLE.match(url)
     if m is not None and (m[3] is None or int(m[3]) <= 65535):
-        host = m[2].lower()
-        problem = _host_problem(host)
-        if problem is not None:
-            raise InvalidURL(problem)
-        return host
+        return _fetchable(m[2].lower())
     return _check_url_slowly(url)
 
 
@@ -102,6 +98,11 @@ def _check_url_slowly(url: str) -> str:
     host = parts.hostname or ""
     if not host:
         raise InvalidURL("URL has no host")
+    return _fetchable(host)
+
+
+def _fetchable(host: str) -> str:
+    """`host` itself, or InvalidURL saying why it cannot be fetched."""
     problem = _host_problem(host)
     if problem is not None:
         raise InvalidURL(problem)
