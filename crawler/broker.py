@@ -5,18 +5,22 @@ A producer-only Celery app: JSON messages, one connection reused for every messa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from crawler.errors import BackendUnavailable
+from crawler.jobs import LINK_BATCH_BASE
 from crawler.settings import mask_url
 
 FETCH_BATCH = "crawler.fetch_batch"  # the stable task name workers register
 QUEUE = "crawler"  # the queue `crawler worker` consumes
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+LABEL_HOSTS = 3  # hosts named in a task's label; the rest are counted
 
 
 def celery_config(broker_url: str) -> dict[str, object]:
@@ -48,14 +52,40 @@ def check_broker(broker_url: str) -> None:
             from None
 
 
-def send_batches(broker_url: str, job_id: str, batch_nos: Iterable[int]) -> int:
-    """Enqueue `crawler.fetch_batch(job_id, n)` for each n over one broker connection."""
+def batch_name(batch_no: int) -> str:
+    """How people read a batch number: submitted batches as they are, link batches 'L<n>'."""
+    return f"L{batch_no - LINK_BATCH_BASE}" if batch_no >= LINK_BATCH_BASE else str(batch_no)
+
+
+def task_label(job_id: str, batch_no: int, why: str, urls: Sequence[str] | None = None
+               ) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr): what Flower's task list and the worker's log show for a task.
+
+    The message's real arguments stay `[job_id, batch_no]`; these strings are only its
+    description, so a label can say what the batch holds without the worker reading it."""
+    args = f"job={job_id} batch={batch_name(batch_no)}"
+    if urls is None:
+        return args, f"why={why}"
+    hosts = Counter(urlsplit(u).hostname or "?" for u in urls)
+    named = [h for h, _ in hosts.most_common(LABEL_HOSTS)]
+    more = f" (+{len(hosts) - len(named)})" if len(hosts) > len(named) else ""
+    return args, f"why={why} urls={len(urls)} hosts={','.join(named)}{more}"
+
+
+def send_batches(broker_url: str, job_id: str, batch_nos: Iterable[int], *, why: str,
+                 urls: Sequence[str] | None = None) -> int:
+    """Enqueue `crawler.fetch_batch(job_id, n)` for each n over one broker connection.
+
+    `why` (submitted, links, requeued, reaped, delayed, released, resumed) and, for a single
+    batch, its `urls` label the task in Flower."""
     app = producer_app(broker_url)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
             for n in batch_nos:
+                argsrepr, kwargsrepr = task_label(job_id, n, why, urls)
                 app.send_task(FETCH_BATCH, args=[job_id, n], producer=producer,
+                              argsrepr=argsrepr, kwargsrepr=kwargsrepr,
                               retry=True, retry_policy=PUBLISH_RETRY)
                 sent += 1
     except (OperationalError, OSError) as exc:

@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,8 +35,10 @@ from crawler.cli_common import (
     seconds,
     settings_from_args,
 )
+from crawler.errors import ConfigError
 from crawler.export import export, format_for_path
 from crawler.jobs import TERMINAL, JobState, JobStatus
+from crawler.metrics import MULTIPROC_ENV
 from crawler.urls import IntakeStats, iter_urls, open_source
 
 EXIT_TIMEOUT = 1  # `wait`: the job did not end in time
@@ -46,6 +50,8 @@ MAX_BATCH_SIZE = 100_000
 MAX_JOBS_LISTED = 10_000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's names
 WATCH_REFRESH = 0.5  # s between redraws of `status --watch`
+FLOWER_PORT = 5555
+FLOWER_AUTH = "FLOWER_BASIC_AUTH"  # user:password[,user:password]; Flower reads it itself
 
 
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -61,8 +67,20 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     w.add_argument("--batches", type=int_in(1, MAX_BATCHES), default=DEFAULT_BATCHES,
                    help=f"batches in flight in this process (default {DEFAULT_BATCHES})")
     w.add_argument("--hostname", type=_hostname, help="worker name shown in Flower and records")
+    w.add_argument("--metrics-port", type=int_in(1, 65535),
+                   help="serve Prometheus metrics here (default $CRAWLER_METRICS_PORT; none: off)")
+    w.add_argument("--metrics-address", help="address for the metrics (default 127.0.0.1)")
+    w.add_argument("--metrics-dir", type=_directory,
+                   help="share one metrics port among this machine's workers through this "
+                   "directory (default $PROMETHEUS_MULTIPROC_DIR)")
     w.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default="INFO",
                    help="Celery log level (default INFO)")
+
+    f = command("flower", "start Flower, the Celery web monitor, for these workers")
+    f.add_argument("--port", type=int_in(1, 65535), default=FLOWER_PORT,
+                   help=f"(default {FLOWER_PORT})")
+    f.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this host only)")
 
     s = command("submit", "enqueue a job for the workers; prints its id")
     s.add_argument("source", metavar="FILE|-", help="one URL a line; '-' reads stdin")
@@ -99,7 +117,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     return {
         "worker": cmd_worker, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
         "results": cmd_results, "cancel": cmd_control, "pause": cmd_control,
-        "resume": cmd_control, "jobs": cmd_jobs,
+        "resume": cmd_control, "jobs": cmd_jobs, "flower": cmd_flower,
     }
 
 
@@ -136,15 +154,77 @@ def cmd_worker(args: argparse.Namespace) -> int:
     env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
     if args.config:
         env["CRAWLER_CONFIG"] = args.config
-    if args.hostname:  # the name records carry: Celery's %h/%n/%d expanded the same way
-        env["CRAWLER_WORKER_NAME"] = host_format(args.hostname)
+    # The node name Flower and the records show: where it runs (host) and which process.
+    # Several workers on one machine get distinct names; exec keeps this pid.
+    node = args.hostname or f"crawler-{os.getpid()}@%h"
+    if args.hostname or not settings.worker_name:  # Celery's %h/%n/%d expanded the same way
+        env["CRAWLER_WORKER_NAME"] = host_format(node)
+    _metrics_env(args, settings, env)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "threads",
             "--concurrency", str(args.batches), "--queues", QUEUE, "--loglevel", args.loglevel,
-            "--task-events", "--without-gossip", "--without-mingle"]
-    if args.hostname:
-        argv += ["--hostname", args.hostname]
+            "--task-events", "--without-gossip", "--without-mingle", "--hostname", node]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)  # same pid: signals reach Celery directly
+
+
+def _metrics_env(args: argparse.Namespace, settings: Any, env: dict[str, str]) -> None:
+    """Pass the metrics flags on to the worker; a port another process holds is refused now,
+    in one line, unless the workers share it (multi-process mode, see crawler.metrics)."""
+    port = args.metrics_port or settings.metrics_port
+    address = args.metrics_address or settings.metrics_address
+    if args.metrics_dir:
+        env[MULTIPROC_ENV] = args.metrics_dir
+    if port is None:
+        return
+    env["CRAWLER_METRICS_PORT"] = str(port)
+    env["CRAWLER_METRICS_ADDRESS"] = address
+    if env.get(MULTIPROC_ENV):
+        return
+    try:
+        with socket.create_server((address, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}; "
+                          "give each worker its own --metrics-port, or let them share one "
+                          "with --metrics-dir DIR") from None
+
+
+def _directory(text: str) -> str:
+    """An argparse type: an existing directory, as an absolute path."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"not a directory: {text[:80]!r}")
+    return os.path.abspath(text)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """Replace this process with Flower on the workers' broker, always behind a login.
+
+    Flower 2 serves its API only to logged-in users, so a login is always set: the one in
+    $FLOWER_BASIC_AUTH, else a new random password printed once on stderr. It goes to
+    Flower in its environment, never on a command line (`ps` shows those to every user)."""
+    settings = settings_from_args(args)
+    env = dict(os.environ)
+    env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
+    env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
+    if args.config:
+        env["CRAWLER_CONFIG"] = args.config
+    auth = env.get(FLOWER_AUTH, "")
+    if auth and not all(_login_ok(pair) for pair in auth.split(",")):
+        raise ConfigError(f"${FLOWER_AUTH} must be user:password[,user:password]")
+    if not auth:
+        auth = env[FLOWER_AUTH] = f"admin:{secrets.token_urlsafe(12)}"
+        print(f"Flower login: {auth} (set ${FLOWER_AUTH} to choose one)", file=sys.stderr)
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    print(f"Flower: http://{host}:{args.port}/ (metrics: /metrics)", file=sys.stderr)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+            f"--port={args.port}", f"--address={args.address}", "--purge_offline_workers=600"]
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def _login_ok(pair: str) -> bool:
+    user, sep, password = pair.partition(":")
+    return bool(user and sep and password)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ class QueueFrontier:
         self, store: ResultStore, policy: LinkPolicy, options: CrawlOptions, *,
         new_batch: Callable[[], Awaitable[int]], key: Callable[[str], str],
         pending_lease_ms: int,
-        send: Callable[[list[int]], Awaitable[None]],
+        send: Callable[[list[int], str, Sequence[str] | None], Awaitable[None]],
         release: Callable[[], Awaitable[list[int]]],
     ) -> None:
         self.store = store
@@ -118,18 +118,18 @@ class QueueFrontier:
             target = BatchTarget(
                 number, self.key(f"batch:{number}"), self.key("leases"), self.key("owners"),
                 self.key("depths"), self.pending_lease_ms)
-            fresh = len(await self.store.claim(kept, cap=self.cap, depth=depth, batch=target))
+            fresh = await self.store.claim(kept, cap=self.cap, depth=depth, batch=target)
             if fresh:
-                self.found += fresh
+                self.found += len(fresh)
                 self.batches += 1
-                await self.send([number])
+                await self.send([number], "links", fresh)
         return []
 
     async def level_completed(self) -> None:
         """A link level is complete: batches held at the barrier may run now."""
         held = await self.release()
         if held:
-            await self.send(held)
+            await self.send(held, "released", None)
 
 
 def _by_depth(pages: Sequence[tuple[int, list[str]]]) -> dict[int, list[str]]:

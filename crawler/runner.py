@@ -305,6 +305,7 @@ class _Run(CrawlSteps):
             if not g.granted:
                 slots.release(w.host)
             if g.decision is Decision.GRANTED:
+                self.stats.limiter_wait += g.wait
                 self._start(w, now + g.wait if g.wait > 0 else None)
                 if w.host in self.parked and w.host not in self.host_timer:
                     self._host_timer(w.host, now + g.wait + self.r.opt.host_interval)
@@ -372,6 +373,7 @@ class _Run(CrawlSteps):
                 return
         res = await self.r.engine.fetch(w.url, before_hop=self._pace_hop)
         w.attempts += 1
+        self.stats.fetched(res.elapsed_ms)
         if wants_penalty(res):
             await self._penalize(w.host, res)
         delay = self.r.opt.policy.delay(res, w.attempts)

@@ -53,10 +53,14 @@ class Settings(BaseSettings, CrawlOptions):
     # Seconds a worker's claim on a running batch lasts without a heartbeat (see README,
     # "Reliability"): a killed worker's batch is sent again at most about this long after.
     lease_seconds: float = Field(20.0, ge=2, le=3600)
+    # Workers: serve Prometheus metrics on this port (None: off) and address (README, "Metrics").
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_address: str = "127.0.0.1"
 
     # Process (the crawl options come from CrawlOptions)
     worker_name: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # see crawler/logs.py
 
     @field_validator("redis_url", "broker_url")
     @classmethod

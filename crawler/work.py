@@ -4,6 +4,7 @@ crawl plugs in (a frontier for found links, a hand-off for long-deferred hosts).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,15 @@ class Work:
     attempts: int = 0
 
 
+# Upper bounds (s) of the fetch-duration buckets (the last, +Inf, is implicit): a fetch costs
+# one bisect and two additions here; crawler.metrics publishes them as a histogram.
+FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 @dataclass
 class RunStats:
-    """Live counters of one run, read by progress displays; the store holds the truth."""
+    """Live counters of one run, read by progress displays and the metrics publisher (never
+    locked: one loop writes them); the store holds the truth."""
 
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -48,8 +55,19 @@ class RunStats:
     links_new: int = 0  # of them, new to the job and fetched by this run (embedded)
     robots_disallowed: int = 0
     handed_off: int = 0  # URLs of long-deferred hosts given back to the job (delayed batches)
+    fetches: int = 0  # requests made (attempts: a retried URL counts each)
+    fetch_seconds: float = 0.0  # their total duration
+    fetch_buckets: list[int] = field(default_factory=lambda: [0] * (len(FETCH_BUCKETS) + 1))
+    limiter_wait: float = 0.0  # s granted URLs were told to wait for their slot
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+
+    def fetched(self, elapsed_ms: float) -> None:
+        """Count one request and its duration (the histogram's bucket and sum)."""
+        s = elapsed_ms / 1000.0
+        self.fetches += 1
+        self.fetch_seconds += s
+        self.fetch_buckets[bisect_left(FETCH_BUCKETS, s)] += 1
 
     @property
     def elapsed(self) -> float:

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -45,6 +46,7 @@ from crawler.frontier import LinkPolicy, QueueFrontier
 from crawler.jobs import JobControl
 from crawler.keys import job_key
 from crawler.leases import Leases, LeaseTiming
+from crawler.metrics import MetricsPublisher, MetricsServer
 from crawler.options import CrawlOptions
 from crawler.politeness import robots_cache
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
@@ -62,6 +64,7 @@ SPEC_CACHE_TTL = 30.0  # s a job's spec is reused without reading Redis again (s
 # s after a shutdown began that Redis calls stop waiting for an outage to end: a worker asked to
 # stop does not hang on a dead Redis (its leases run out and other workers take its batches).
 SHUTDOWN_PATIENCE = 45.0
+PUBLISH_EVERY = 1.0  # s between copies of the batches' counters to the Prometheus metrics
 
 
 async def _one(urls: Sequence[str]) -> AsyncIterator[Sequence[str]]:
@@ -86,6 +89,12 @@ class WorkerRuntime:
         self._ready = threading.Event()
         self._thread.start()
         self._ready.wait()
+        self.metrics: MetricsServer | None = None
+        self.publisher: MetricsPublisher | None = None
+        if settings.metrics_port is not None:  # before the loop runs batches
+            self.metrics = MetricsServer(settings.metrics_port, settings.metrics_address)
+            self.metrics.start()
+            self.publisher = MetricsPublisher(self.metrics.metrics)
         self._init: Future[None] = asyncio.run_coroutine_threadsafe(self._setup(), self.loop)
         self._init.result()
         gcpause.settle()
@@ -113,7 +122,7 @@ class WorkerRuntime:
         self.peers = 1  # workers seen recently on our jobs: the fallback limiter's divisor
         self._marked: dict[str, float] = {}  # job -> when this process last listed it
         self._loops = [asyncio.create_task(c) for c in (
-            self._poll_controls(), self._heartbeat(), self._reap())]
+            self._poll_controls(), self._heartbeat(), self._reap(), self._publish())]
 
     # --- entry from Celery task threads ---------------------------------------------------
 
@@ -138,7 +147,7 @@ class WorkerRuntime:
         t0 = time.monotonic()
         summary: dict[str, Any] = {"job": job_id, "batch": batch_no, "worker": self.name}
         if self.closing:  # taken while shutting down: not started, so send it to another worker
-            await self._send(job_id, [batch_no])
+            await self._send(job_id, [batch_no], "handed_back")
             return summary | {"outcome": "handed_back"}
         try:
             options = await self._options(job_id)
@@ -183,8 +192,10 @@ class WorkerRuntime:
                 del self.running[job_id]
         outcome = await self.jobs.batch_end(job_id, batch_no, runner.leftover, token=token,
                                             lease_ms=lease_ms)
+        if self.publisher is not None:
+            self.publisher.finish(job_id, stats, outcome)
         if outcome == "requeue":
-            await self._send(job_id, [batch_no])
+            await self._send(job_id, [batch_no], "requeued", runner.leftover)
         elif outcome == "lost":
             log.warning("job %s: batch %d was taken over by another worker (this one missed "
                         "its heartbeats); its records so far are kept", job_id, batch_no)
@@ -194,6 +205,19 @@ class WorkerRuntime:
             "stop": runner.stop_reason, "elapsed_s": round(time.monotonic() - t0, 3),
         }
 
+    async def _publish(self) -> None:
+        """Copy the running batches' counters to the metrics (see crawler.metrics)."""
+        if self.publisher is None:
+            return
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY)
+            for job_id in list(self.running):
+                for runner in self._runners(job_id):
+                    self.publisher.publish(job_id, runner.stats)
+            self.publisher.gauges(
+                inflight=self.slots.used, running=sum(map(len, self.running.values())),
+                concurrency=self.settings.concurrency)
+
     async def _mark(self, job_id: str) -> None:
         """Put the job on the reapers' list, once per heartbeat period at most (it stays there
         until the job is over; the heartbeat marks it again anyway)."""
@@ -202,8 +226,10 @@ class WorkerRuntime:
             await self.leases.mark([job_id])
             self._marked[job_id] = now
 
-    async def _send(self, job_id: str, batch_nos: list[int]) -> None:
-        await self.loop.run_in_executor(None, send_batches, self._broker(), job_id, batch_nos)
+    async def _send(self, job_id: str, batch_nos: list[int], why: str,
+                    urls: Sequence[str] | None = None) -> None:
+        await self.loop.run_in_executor(None, partial(
+            send_batches, self._broker(), job_id, batch_nos, why=why, urls=urls))
 
     async def _options(self, job_id: str) -> CrawlOptions:
         cached = self.specs.get(job_id)
@@ -247,7 +273,8 @@ class WorkerRuntime:
             store, self._policy(job_id, options), options,
             new_batch=lambda: self.jobs.new_link_batch(job_id),
             key=lambda name: job_key(prefix, job_id, name), pending_lease_ms=pending,
-            send=lambda batches: self._send(job_id, batches), release=release)
+            send=lambda batches, why, urls: self._send(job_id, batches, why, urls),
+            release=release)
 
     def _deferrer(self, job_id: str) -> Any:
         """URLs of a host deferred far ahead wait in Redis as a delayed batch (the reaper
@@ -336,7 +363,7 @@ class WorkerRuntime:
                 for job_id in await self.leases.jobs():
                     due = await self.jobs.promote_delayed(job_id, lease_ms=self.timing.pending_ms)
                     if due:
-                        await self._send(job_id, due)
+                        await self._send(job_id, due, "delayed")
                     over, batches = await self.leases.reap(job_id)
                     if over:
                         await self.leases.forget(job_id)
@@ -344,7 +371,7 @@ class WorkerRuntime:
                     if batches:
                         log.warning("job %s: batches %s lost their worker (lease ran out); "
                                     "sending them again", job_id, batches)
-                        await self._send(job_id, batches)
+                        await self._send(job_id, batches, "reaped")
             except Exception as exc:  # e.g. the broker is down: the claims run out, retried
                 log.warning("reaper pass failed: %s", exc)
 
@@ -378,3 +405,5 @@ class WorkerRuntime:
             await engine.close()
         await self.client.aclose()
         await self.limiter_client.aclose()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -177,9 +177,11 @@ async def test_a_queue_frontier_sends_one_batch_per_depth_with_new_links(
     await policy.add_seeds(["http://a/"])
     await store.claim(["http://a/"])
     sent: list[int] = []
+    labels: list[tuple[str, list[str] | None]] = []
 
-    async def send(batches: list[int]) -> None:
+    async def send(batches: list[int], why: str, urls: list[str] | None) -> None:
         sent.extend(batches)
+        labels.append((why, urls))
 
     async def release() -> list[int]:
         return []
@@ -193,6 +195,7 @@ async def test_a_queue_frontier_sends_one_batch_per_depth_with_new_links(
     assert len(sent) == 2 and all(n >= LINK_BATCH_BASE for n in sent)
     assert await jobs.batch_urls(JOB, sent[0]) == ["http://a/1", "http://a/2"]
     assert await jobs.batch_urls(JOB, sent[1]) == ["http://a/3"]
+    assert labels == [("links", ["http://a/1", "http://a/2"]), ("links", ["http://a/3"])]
     # Nothing new: no batch
     assert await frontier.add([(0, ["http://a/1"])]) == []
     assert len(sent) == 2

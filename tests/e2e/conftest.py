@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -57,11 +57,12 @@ class Cluster:
         self.env = env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start_worker(self, name: str, concurrency: int = WORKER_CONCURRENCY) -> None:
+    def start_worker(self, name: str, concurrency: int = WORKER_CONCURRENCY,
+                     extra: Sequence[str] = ()) -> None:
         with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own fd
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "crawler", "worker", "--hostname", name,
-                 "--concurrency", str(concurrency), "--loglevel", "INFO"],
+                 "--concurrency", str(concurrency), "--loglevel", "INFO", *extra],
                 env=crawler_env(self.redis_url) | self.env, stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -256,7 +256,7 @@ def test_bad_task_messages_are_rejected_and_logged_never_run(
         "state": "queued", "spec": orjson.dumps({"qps": "fast", "bogus": 1}),
         "submitted": 1, "batches": 1})
     r.rpush(f"crawler:job:{{{job}}}:batch:0", "http://127.0.0.2:1/never")
-    send_batches(cluster.redis_url, job, [0])
+    send_batches(cluster.redis_url, job, [0], why="resent")
     # and messages with arguments that are not (job id, batch number)
     app = producer_app(cluster.redis_url)
     app.send_task(FETCH_BATCH, args=["../../etc", "zero"])

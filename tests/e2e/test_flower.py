@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from httpserver import HTTPServer
 from redisserver import free_port
 
@@ -26,10 +27,10 @@ def flower(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-             f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH}"],
-            env=crawler_env(cluster.redis_url), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(  # as a user starts it: the login comes in the environment
+            [sys.executable, "-m", "crawler", "flower", "--port", str(port)],
+            env=crawler_env(cluster.redis_url) | {"FLOWER_BASIC_AUTH": AUTH}, stdout=out,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
 
@@ -88,6 +89,24 @@ def test_flower_lists_workers_and_job_tasks(
     done = job_tasks()
     assert {t["worker"] for t in done} <= {f"w{i}@e2e" for i in range(1, WORKERS + 1)}
     assert all("'outcome': 'done'" in str(t["result"]) for t in done)
+    # Each task is labelled with what it holds: job, batch, URL count and hosts.
+    assert sorted(t["args"] for t in done) == [f"job={job} batch={n}" for n in range(4)]
+    host = clean_sites[0].host
+    assert {t["kwargs"] for t in done} == {f"why=submitted urls=10 hosts={host}"}
+    # Its result summarises the batch.
+    result = done[0]["result"]
+    for key in ("'urls': 10", "'fetched': 10", "'ok': 10", "'failed': 0", "'bytes':",
+                "'elapsed_s':"):
+        assert key in result, result
+    # Flower's own Prometheus endpoint counts the job's task events.
+    succeeded = sum(
+        sample.value
+        for family in text_string_to_metric_families(get(flower + "/metrics", auth=None).decode())
+        if family.name == "flower_events"
+        for sample in family.samples
+        if sample.labels.get("task") == "crawler.fetch_batch"
+        and sample.labels.get("type") == "task-succeeded")
+    assert succeeded >= 4
     # The API is not open without the password.
     with pytest.raises(urllib.error.HTTPError) as info:
         get(flower + "/api/workers", auth=None)
