@@ -32,6 +32,8 @@ from crawler.cli_common import (
 from crawler.embedded import CrawlSummary, crawl
 from crawler.errors import CrawlerError
 from crawler.export import format_for_path
+from crawler.jobs import new_job_id
+from crawler.logs import format_from_env, setup_logging
 from crawler.progress import Progress
 from crawler.urls import IntakeStats, iter_urls, open_source
 
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["jsonl", "csv"],
                    help="output format (default from -o's extension, else jsonl)")
     c.add_argument("--job-id", type=job_id_arg, help="name the job (default: a new short id)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no live view on stderr (a terminal) and no progress lines (otherwise)")
     c.add_argument("--stats-json", metavar="FILE", help="also write the summary as JSON here")
     add_crawl_options(c)
     COMMANDS.update(cli_jobs.register(sub))
@@ -69,13 +72,14 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         )
         # Opened now: a path that cannot be written fails before the crawl, not after it.
         stats = stack.enter_context(open_output(args.stats_json)) if args.stats_json else None
-        progress = stack.enter_context(
-            Progress(enabled=not args.no_progress and sys.stderr.isatty())
-        )
+        job_id = args.job_id or new_job_id()
+        progress = stack.enter_context(Progress(
+            job_id, enabled=not args.no_progress, qps=settings.qps,
+            per_host_qps=settings.per_host_qps))
         urls: Iterator[str] = iter_urls(source, intake)
         gcpause.settle()
         summary = loops.run(crawl(
-            urls, settings, intake=intake, out=out, fmt=fmt, job_id=args.job_id,
+            urls, settings, intake=intake, out=out, fmt=fmt, job_id=job_id,
             on_start=progress.attach,
         ))
         if stats is not None:
@@ -130,10 +134,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"crawl": cmd_crawl}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level or "WARNING", stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Before the settings load (a bad one is the command's one-line error): the flags, else
+    # CRAWLER_LOG_FORMAT. The summary and error lines below are output, not logs: plain text.
+    setup_logging(args.log_level or "WARNING", args.log_format or format_from_env())
     try:
         return COMMANDS[args.command](args)
     except CrawlerError as exc:

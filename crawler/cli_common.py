@@ -166,6 +166,8 @@ def add_common_options(p: argparse.ArgumentParser, *, default: Any) -> None:
                    help="Redis for limiter, job state and results "
                    "(default $CRAWLER_REDIS_URL; none = embedded)")
     p.add_argument("--log-level", default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default=default, choices=["text", "json"],
+                   help="log lines as text or JSON (default $CRAWLER_LOG_FORMAT, else text)")
 
 
 SETTINGS_FLAGS = (
@@ -173,6 +175,7 @@ SETTINGS_FLAGS = (
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
     "store_body", "depth", "scope", "allow", "deny", "max_pages", "robots", "sitemaps", "dedupe",
+    "log_format",
 )
 
 

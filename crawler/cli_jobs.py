@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import orjson
 from celery.utils.nodenames import host_format
+from rich.console import Console
+from rich.live import Live
 
 from crawler import loops
 from crawler.api import DEFAULT_BATCH_SIZE, AsyncCrawler
@@ -40,6 +42,7 @@ from crawler.export import export, format_for_path
 from crawler.jobs import TERMINAL, JobState, JobStatus
 from crawler.metrics import MULTIPROC_ENV
 from crawler.urls import IntakeStats, iter_urls, open_source
+from crawler.watch import from_status, plain, render
 
 EXIT_TIMEOUT = 1  # `wait`: the job did not end in time
 EXIT_CANCELLED = 3  # `wait`: the job was cancelled
@@ -49,7 +52,7 @@ MAX_BATCHES = 1024  # Celery threads per worker process; more is a typo, not a p
 MAX_BATCH_SIZE = 100_000
 MAX_JOBS_LISTED = 10_000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's names
-WATCH_REFRESH = 0.5  # s between redraws of `status --watch`
+WATCH_REFRESH = 1.0  # s between redraws of `status --watch` (workers report once a second)
 FLOWER_PORT = 5555
 FLOWER_AUTH = "FLOWER_BASIC_AUTH"  # user:password[,user:password]; Flower reads it itself
 
@@ -73,8 +76,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     w.add_argument("--metrics-dir", type=_directory,
                    help="share one metrics port among this machine's workers through this "
                    "directory (default $PROMETHEUS_MULTIPROC_DIR)")
-    w.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default="INFO",
-                   help="Celery log level (default INFO)")
+    w.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS,
+                   help="log level (default: the log_level setting, INFO)")
 
     f = command("flower", "start Flower, the Celery web monitor, for these workers")
     f.add_argument("--port", type=int_in(1, 65535), default=FLOWER_PORT,
@@ -152,6 +155,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     env["CRAWLER_CONCURRENCY"] = str(settings.concurrency)
     env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
     env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
+    # The worker logs through crawler.logs (workers/app.py) at Celery's --loglevel, in the
+    # log_format setting: carried across exec, with the level, for the worker's own settings.
+    loglevel = args.loglevel or settings.log_level
+    if loglevel in ("DEBUG", "INFO", "WARNING", "ERROR"):  # the setting has no CRITICAL
+        env["CRAWLER_LOG_LEVEL"] = loglevel
+    env["CRAWLER_LOG_FORMAT"] = settings.log_format
     if args.config:
         env["CRAWLER_CONFIG"] = args.config
     # The node name Flower and the records show: where it runs (host) and which process.
@@ -161,7 +170,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         env["CRAWLER_WORKER_NAME"] = host_format(node)
     _metrics_env(args, settings, env)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "threads",
-            "--concurrency", str(args.batches), "--queues", QUEUE, "--loglevel", args.loglevel,
+            "--concurrency", str(args.batches), "--queues", QUEUE, "--loglevel", loglevel,
             "--task-events", "--without-gossip", "--without-mingle", "--hostname", node]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)  # same pid: signals reach Celery directly
@@ -313,34 +322,25 @@ def format_status(st: JobStatus) -> str:
     ])
 
 
-async def watch(crawler: AsyncCrawler, job_id: str) -> int:
-    """A live bar with rate and ETA on a terminal; a line per refresh otherwise."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=False)
+async def watch(crawler: AsyncCrawler, job_id: str, *, console: Console | None = None,
+                refresh: float = WATCH_REFRESH) -> int:
+    """The live view (crawler.watch) until the job ends: redrawn in place on a terminal, a
+    plain line per refresh otherwise; then the full status."""
+    console = console or Console()
     st = await crawler.status(job_id)
-    columns = (TextColumn(f"[bold]{job_id}"), TextColumn("{task.fields[state]:<9}"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("{task.fields[rate]:>8.1f}/s  ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, auto_refresh=False,
-                  disable=not console.is_terminal) as bar:
-        task = bar.add_task("job", total=max(st.total, 1), state=str(st.state), rate=0.0)
+    if console.is_terminal:
+        with Live(render(from_status(st)), console=console, auto_refresh=False,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            while st.state not in TERMINAL:
+                await asyncio.sleep(refresh)
+                st = await crawler.status(job_id)
+                live.update(render(from_status(st)), refresh=True)
+    else:
         while True:
-            bar.update(task, total=max(st.total, 1), completed=st.done + st.cancelled,
-                       state=str(st.state), rate=st.rate_10s)
-            bar.refresh()
-            if not console.is_terminal:
-                print(f"{job_id} {st.state} {st.done}/{st.total} {st.rate_10s:.1f}/s", flush=True)
+            console.print(plain(from_status(st)), soft_wrap=True, highlight=False, markup=False)
             if st.state in TERMINAL:
                 break
-            await asyncio.sleep(WATCH_REFRESH)
+            await asyncio.sleep(refresh)
             st = await crawler.status(job_id)
-    print(format_status(st))
+    console.print(format_status(st), soft_wrap=True, highlight=False, markup=False)
     return EXIT_OK

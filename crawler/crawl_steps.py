@@ -11,6 +11,7 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING
 
+from crawler.logs import Throttle
 from crawler.pacing import MIN_RETRY_GAP
 from crawler.records import ErrorClass, FetchResult
 from crawler.robots import Kind, RobotsRules, origin_of
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from crawler.runner import BatchRunner
 
 log = logging.getLogger(__name__)
+# Per host, so per URL when each host has one: at most one line a minute each.
+_robots_errors = Throttle()
+_hand_off_errors = Throttle()
 
 
 class CrawlSteps:
@@ -98,7 +102,8 @@ class CrawlSteps:
         try:
             await robots.load(origin)
         except Exception as exc:  # Redis outages are waited out below us: this is unexpected
-            log.warning("robots.txt of %s: %s; trying again in 1 s", origin, exc)
+            _robots_errors.log(log, logging.WARNING, "robots.txt of %s: %s; trying again in 1 s",
+                               origin, exc)
             for w in self.robots_wait.pop(origin, []):
                 self._timer(self.loop.time() + 1.0, w)
             return
@@ -117,7 +122,8 @@ class CrawlSteps:
             try:
                 await self.r.defer([w.url for w in group], depth, wait)
             except Exception as exc:  # keep them here: slower, never lost
-                log.warning("could not hand %d URLs of %s back: %s", len(group), host, exc)
+                _hand_off_errors.log(log, logging.WARNING, "could not hand %d URLs of %s back: %s",
+                                     len(group), host, exc)
                 self.parked.setdefault(host, deque()).extend(group)
                 if host not in self.host_timer:
                     self._host_timer(host, self.loop.time() + wait)

@@ -19,6 +19,9 @@ Keys (besides the results store's, see `crawler.store`):
     {prefix}:job:{id}:delayed     sorted set: batches of deferred hosts -> due time (ms)
     {prefix}:job:{id}:scope       set: the seeds' hosts or registered domains (frontier.py)
     {prefix}:job:{id}:robots      hash: origin -> robots.txt answer (robots.py)
+    {prefix}:job:{id}:live        hash: worker -> its report (JSON: time, in flight, queued
+                                  URLs by host), written once a second; gone LIVE_TTL s after
+                                  the last report
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from crawler.store import ResultStore, fields_from_counters
 LINK_BATCH_BASE = 1 << 40  # numbers of batches workers make: never those of submitted batches
 _ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l/o/u: readable aloud, no look-alikes
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LIVE_FRESH_MS = 5_000  # a worker's live report counts this long (workers report every second)
+LIVE_TTL_MS = 60_000  # the live hash goes this long after its last report
+LIVE_HOSTS = 10  # hosts a worker reports, by URLs queued
 
 
 class JobState(StrEnum):
@@ -101,6 +107,10 @@ class JobStatus:
     errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)  # name -> last seen (epoch ms)
+    # From the workers' live reports of the last LIVE_FRESH_MS:
+    inflight: int = 0  # requests in flight, summed
+    queued_hosts: dict[str, int] = field(default_factory=dict)  # host -> URLs held by workers
+    worker_inflight: dict[str, int] = field(default_factory=dict)  # worker -> in flight
     spec: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,6 +122,24 @@ class JobStatus:
         d["state"] = str(self.state)
         d["pending"] = self.pending
         return d
+
+
+def _live(raw: dict[bytes, bytes], now_ms: float
+          ) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(in flight, queued URLs by host, in flight by worker) from the fresh live reports."""
+    hosts: dict[str, int] = {}
+    by_worker: dict[str, int] = {}
+    for name, blob in raw.items():
+        try:
+            report = orjson.loads(blob)
+            if now_ms - float(report["t"]) > LIVE_FRESH_MS:
+                continue
+            by_worker[name.decode()] = int(report["inflight"])
+            for host, n in report["hosts"].items():
+                hosts[host] = hosts.get(host, 0) + int(n)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            continue  # a report this version cannot read is no reason to fail a status
+    return sum(by_worker.values()), hosts, by_worker
 
 
 class JobControl:
@@ -178,7 +206,8 @@ class JobControl:
         pipe.hgetall(self.key(job_id, "meta"))
         pipe.hgetall(self.key(job_id, "counters"))
         pipe.hgetall(self.key(job_id, "workers"))
-        meta_raw, counters_raw, workers_raw = await pipe.execute()
+        pipe.hgetall(self.key(job_id, "live"))
+        meta_raw, counters_raw, workers_raw, live_raw = await pipe.execute()
         if not meta_raw:
             raise JobNotFound(f"no job {job_id!r}")
         meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
@@ -188,6 +217,7 @@ class JobControl:
             return int(meta[name]) if name in meta else None
 
         spec = orjson.loads(meta["spec"]) if "spec" in meta else {}
+        inflight, hosts, by_worker = _live(live_raw, time.time() * 1000)
         return JobStatus(
             job_id=job_id, state=JobState(meta["state"]),
             total=c.get("total", 0), done=c.get("done", 0), ok=c.get("ok", 0),
@@ -200,8 +230,19 @@ class JobControl:
             created=opt_int("created"), started=opt_int("started"), finished=opt_int("finished"),
             errors=fields_from_counters(c, "error"), statuses=fields_from_counters(c, "status"),
             workers={k.decode(): int(v) for k, v in workers_raw.items()},
+            inflight=inflight, queued_hosts=hosts, worker_inflight=by_worker,
             spec=spec,
         )
+
+    async def report_live(self, job_id: str, worker: str, *, inflight: int,
+                          hosts: dict[str, int]) -> None:
+        """A worker's once-a-second report for live views (`crawler status --watch`)."""
+        key = self.key(job_id, "live")
+        report = {"t": int(time.time() * 1000), "inflight": inflight, "hosts": hosts}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, worker, orjson.dumps(report))
+        pipe.pexpire(key, LIVE_TTL_MS)
+        await pipe.execute()
 
     async def recent(self, limit: int = 20) -> list[JobStatus]:
         ids = await self.client.zrevrange(jobs_index(self.prefix), 0, limit - 1)

@@ -31,9 +31,12 @@ import orjson
 from protego import Protego
 
 from crawler.keys import job_key
+from crawler.logs import Throttle
 from crawler.records import ErrorClass, FetchResult
 
 log = logging.getLogger(__name__)
+# One line a minute: with one seed per host, a failing robots.txt is one per URL.
+_failures = Throttle()
 
 MAX_ROBOTS_BYTES = 500 * 1024  # Google reads the first 500 KiB; RFC 9309 asks for >= 500 KiB
 POLL = 0.05  # s between looks at the shared answer while another worker fetches it
@@ -200,8 +203,8 @@ class RobotsCache:
         tries = previous.tries if previous is not None and previous.kind is Kind.HOLD else 0
         entry = classify(res, tries, self.tries, time.time())
         if entry.kind is not Kind.RULES and entry.kind is not Kind.ALLOW_ALL:
-            log.warning("%s: %s (attempt %d of %d)", origin, entry.detail, entry.tries,
-                        self.tries)
+            _failures.log(log, logging.WARNING, "robots.txt of %s: %s (attempt %d of %d)",
+                          origin, entry.detail, entry.tries, self.tries)
         rules = self._keep(origin, entry)
         if self.on_fetched is not None:
             await self.on_fetched(origin, rules)

@@ -34,6 +34,7 @@ from typing import Any
 from crawler.crawl_steps import CrawlSteps
 from crawler.engines.base import Engine
 from crawler.links import extract_links, is_html
+from crawler.logs import Throttle
 from crawler.pacing import (
     HOST_LATENESS,
     MIN_RETRY_GAP,
@@ -54,6 +55,7 @@ __all__ = ["BatchRunner", "RunStats", "RunnerOptions", "host_of", "lateness_allo
            "polite_wait"]
 
 log = logging.getLogger(__name__)
+_penalty_failures = Throttle()  # during an outage each 429/503 would say it again
 
 ACQUIRE_MAX = 256  # URLs per limiter round trip: bounds the script's run time in Redis
 WRITE_LINGER = 0.05  # s a record may wait for others to share its store round trip
@@ -84,6 +86,27 @@ class BatchRunner:
         self.stop_reason: str | None = None
         self.leftover: list[str] = []  # URLs not fetched because the run was stopped
         self._run: _Run | None = None
+
+    @property
+    def input_read(self) -> bool:
+        """The source gave its last URL (a crawl may still find more)."""
+        return self._run is None or self._run.exhausted
+
+    def queued_by_host(self) -> Counter[str]:
+        """URLs held by the run and not in flight, by host (the live views' "top hosts").
+        O(URLs held); call on the runner's loop, about once a second."""
+        run = self._run
+        counts: Counter[str] = Counter()
+        if run is None:
+            return counts
+        counts.update(w.host for w in run.ready)
+        for queues in (run.parked, run.capped):
+            for host, q in queues.items():
+                counts[host] += len(q)
+        counts.update(item.host for _, _, item in run.timers if isinstance(item, Work))
+        for waiting in (*run.robots_wait.values(), *run.held.values()):
+            counts.update(w.host for w in waiting)
+        return counts
 
     def stop(self, reason: str) -> None:
         """Finish what is in flight, start nothing new (call on the runner's loop)."""
@@ -393,7 +416,8 @@ class _Run(CrawlSteps):
         try:
             await self.r.limiter.penalize(host, parse_retry_after(res.retry_after))
         except Exception as exc:  # the fetch result still counts
-            log.warning("could not record a penalty for %s: %s", host, exc)
+            _penalty_failures.log(log, logging.WARNING,
+                                  "could not record a penalty for %s: %s", host, exc)
 
     def _emit(self, w: Work, res: FetchResult) -> None:
         rec = Record.from_result(

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -43,7 +43,7 @@ from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
 from crawler.errors import JobNotFound
 from crawler.frontier import LinkPolicy, QueueFrontier
-from crawler.jobs import JobControl
+from crawler.jobs import LIVE_HOSTS, JobControl
 from crawler.keys import job_key
 from crawler.leases import Leases, LeaseTiming
 from crawler.metrics import MetricsPublisher, MetricsServer
@@ -65,6 +65,7 @@ SPEC_CACHE_TTL = 30.0  # s a job's spec is reused without reading Redis again (s
 # stop does not hang on a dead Redis (its leases run out and other workers take its batches).
 SHUTDOWN_PATIENCE = 45.0
 PUBLISH_EVERY = 1.0  # s between copies of the batches' counters to the Prometheus metrics
+REPORT_EVERY = 1.0  # s between a worker's live reports on its jobs (`crawler status --watch`)
 
 
 async def _one(urls: Sequence[str]) -> AsyncIterator[Sequence[str]]:
@@ -122,7 +123,8 @@ class WorkerRuntime:
         self.peers = 1  # workers seen recently on our jobs: the fallback limiter's divisor
         self._marked: dict[str, float] = {}  # job -> when this process last listed it
         self._loops = [asyncio.create_task(c) for c in (
-            self._poll_controls(), self._heartbeat(), self._reap(), self._publish())]
+            self._poll_controls(), self._heartbeat(), self._reap(), self._publish(),
+            self._report())]
 
     # --- entry from Celery task threads ---------------------------------------------------
 
@@ -204,6 +206,22 @@ class WorkerRuntime:
             "failed": stats.failed, "bytes": stats.bytes, "left": len(runner.leftover),
             "stop": runner.stop_reason, "elapsed_s": round(time.monotonic() - t0, 3),
         }
+
+    async def _report(self) -> None:
+        """Once a second, what this process is doing on each job, for live views."""
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            for job_id in list(self.running):
+                runners = self._runners(job_id)
+                hosts: Counter[str] = Counter()
+                for runner in runners:
+                    hosts.update(runner.queued_by_host())
+                try:
+                    await self.jobs.report_live(
+                        job_id, self.name, inflight=sum(r.stats.inflight for r in runners),
+                        hosts=dict(hosts.most_common(LIVE_HOSTS)))
+                except Exception as exc:  # a view's data: never a reason to stop the loop
+                    log.debug("live report failed: %s", exc)
 
     async def _publish(self) -> None:
         """Copy the running batches' counters to the metrics (see crawler.metrics)."""

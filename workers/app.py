@@ -7,9 +7,13 @@ event loop, one HTTP session and one in-flight budget.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging as celery_setup_logging
 
 from crawler.broker import celery_config
+from crawler.logs import setup_logging
 from crawler.settings import load_settings
 
 settings = load_settings()
@@ -26,6 +30,16 @@ BATCH_HARD_LIMIT = BATCH_SOFT_LIMIT + 300
 # safe: it costs one no-op task per VISIBILITY_TIMEOUT per long-running batch.
 VISIBILITY_TIMEOUT = 45
 RESTORE_EVERY = 5
+
+
+@celery_setup_logging.connect
+def configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """The worker logs through crawler.logs: its format (log_format), its credential mask.
+    With a receiver here Celery configures no logging itself, and its own loggers ("Task ...
+    received", "... succeeded") propagate to our handler. `loglevel` is Celery's --loglevel
+    (`crawler worker --loglevel`, default the log_level setting)."""
+    setup_logging(loglevel or settings.log_level, settings.log_format)
+
 
 app = Celery("crawler", include=["workers.tasks"])
 app.conf.update(celery_config(settings.shared_broker_url))

@@ -27,9 +27,11 @@ from crawler.engines.base import (
 from crawler.engines.config import FetchConfig
 from crawler.engines.deadlines import Deadlines
 from crawler.guard import AiohttpGuardResolver, Resolver
+from crawler.logs import Throttle
 from crawler.records import ErrorClass, FetchResult
 
 log = logging.getLogger(__name__)
+_unexpected = Throttle()  # an unknown error class may hit every URL: one traceback a minute
 
 
 def tls_context(verify: bool) -> ssl.SSLContext | bool:
@@ -54,7 +56,7 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
     # refused, reset, payload, disconnected, a body shorter than its Content-Length
     if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)):
         return ErrorClass.CONNECTION, detail
-    log.warning("unexpected fetch error", exc_info=exc)
+    _unexpected.log(log, logging.WARNING, "unexpected fetch error", exc_info=exc)
     return ErrorClass.CONNECTION, short_detail(f"unexpected {detail}")
 
 

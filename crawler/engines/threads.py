@@ -49,9 +49,11 @@ from crawler.engines.base import (
 )
 from crawler.engines.config import FetchConfig
 from crawler.guard import Guard, Resolver
+from crawler.logs import Throttle
 from crawler.records import ErrorClass, FetchResult
 
 log = logging.getLogger(__name__)
+_unexpected = Throttle()  # an unknown error class may hit every URL: one traceback a minute
 
 # Per-thread host pools kept (LRU): a thread crawling many hosts keeps this many warm.
 HOST_POOLS = 64
@@ -98,7 +100,7 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
         return ErrorClass.INVALID_URL, detail
     if isinstance(exc, _CONNECTION_ERRORS):
         return ErrorClass.CONNECTION, detail
-    log.warning("unexpected fetch error", exc_info=exc)
+    _unexpected.log(log, logging.WARNING, "unexpected fetch error", exc_info=exc)
     return ErrorClass.CONNECTION, short_detail(f"unexpected {detail}")
 
 

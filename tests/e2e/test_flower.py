@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from httpserver import HTTPServer
+from prometheus_client.parser import text_string_to_metric_families
 from redisserver import free_port
 
 from crawler import Crawler, JobState
