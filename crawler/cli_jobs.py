@@ -54,6 +54,7 @@ MAX_JOBS_LISTED = 10_000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's names
 WATCH_REFRESH = 1.0  # s between redraws of `status --watch` (workers report once a second)
 FLOWER_PORT = 5555
+FLOWER_COLUMNS = "name,args,kwargs,state,result,received,runtime,worker,uuid"
 FLOWER_AUTH = "FLOWER_BASIC_AUTH"  # user:password[,user:password]; Flower reads it itself
 
 
@@ -227,6 +228,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
     print(f"Flower: http://{host}:{args.port}/ (metrics: /metrics)", file=sys.stderr)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
             f"--port={args.port}", f"--address={args.address}", "--purge_offline_workers=600"]
+    if "FLOWER_TASKS_COLUMNS" not in env:  # the task list shows each batch's label and result
+        argv.append(f"--tasks_columns={FLOWER_COLUMNS}")
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
 

@@ -124,6 +124,14 @@ class JobStatus:
         return d
 
 
+def _rate_window(started_ms: int | None) -> int:
+    """Whole seconds the recent rate is taken over: 10, or fewer in a job's first 10 s (a
+    10-s average would count the seconds before it started as idle)."""
+    if started_ms is None:
+        return 10
+    return max(1, min(10, int(time.time() - started_ms / 1000)))
+
+
 def _live(raw: dict[bytes, bytes], now_ms: float
           ) -> tuple[int, dict[str, int], dict[str, int]]:
     """(in flight, queued URLs by host, in flight by worker) from the fresh live reports."""
@@ -225,7 +233,8 @@ class JobControl:
             rejected=c.get("rejected", 0), duplicates=c.get("duplicates", 0),
             link_duplicates=c.get("link_duplicates", 0), over_limit=c.get("over_limit", 0),
             depth=int(spec.get("depth", 0)),
-            bytes=c.get("bytes", 0), rate_10s=await self.store(job_id).recent_rate(10),
+            bytes=c.get("bytes", 0),
+            rate_10s=await self.store(job_id).recent_rate(_rate_window(opt_int("started"))),
             submitted=meta.get("submitted") == "1", batches=int(meta.get("batches", 0)),
             created=opt_int("created"), started=opt_int("started"), finished=opt_int("finished"),
             errors=fields_from_counters(c, "error"), statuses=fields_from_counters(c, "status"),

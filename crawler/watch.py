@@ -42,6 +42,7 @@ class WatchView:
     elapsed: float | None = None  # s since the job started
     hosts: list[tuple[str, int]] = field(default_factory=list)  # top hosts by queued URLs
     errors: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)  # pages by status class
     workers: list[tuple[str, float, int | None]] = field(default_factory=list)  # name, age s,
     # its requests in flight (None: it has not reported)
     final: bool = False  # total is final (input read whole, no links pending)
@@ -70,7 +71,7 @@ def from_status(st: JobStatus, *, now_ms: float | None = None) -> WatchView:
         per_host_qps=float(st.spec.get("per_host_qps", 0) or 0),
         inflight=st.inflight, elapsed=(end - started) / 1000 if started else None,
         hosts=sorted(st.queued_hosts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_HOSTS],
-        errors=st.errors,
+        errors=st.errors, statuses=st.statuses,
         workers=[(name, max(0.0, (now_ms - seen) / 1000), st.worker_inflight.get(name))
                  for name, seen in sorted(st.workers.items())],
         final=st.submitted and st.depth == 0,
@@ -86,7 +87,7 @@ def from_runner(job_id: str, runner: BatchRunner, *, rate: float, qps: float,
         job_id=job_id, state=state, done=st.done, total=st.queued, ok=st.ok, failed=st.failed,
         rate=rate, qps=qps, per_host_qps=per_host_qps, inflight=st.inflight,
         elapsed=st.elapsed, hosts=top(runner.queued_by_host().items(), TOP_HOSTS),
-        errors=dict(st.errors), final=final,
+        errors=dict(st.errors), statuses=dict(st.statuses), final=final,
     )
 
 
@@ -131,6 +132,7 @@ def render(v: WatchView) -> RenderableType:
     rows.add_row("rate", _rate_text(v))
     rows.add_row("pages", f"ok {v.ok:,}   failed {v.failed:,}   in flight {v.inflight:,}")
     rows.add_row("hosts", _counts(v.hosts, "none waiting"))
+    rows.add_row("status", _counts(sorted(v.statuses.items()), "none yet"))
     rows.add_row("errors", _counts(top(v.errors.items(), TOP_ERRORS), "none"))
     if v.workers:
         rows.add_row("workers", "\n".join(

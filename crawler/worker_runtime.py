@@ -201,11 +201,12 @@ class WorkerRuntime:
         elif outcome == "lost":
             log.warning("job %s: batch %d was taken over by another worker (this one missed "
                         "its heartbeats); its records so far are kept", job_id, batch_no)
-        return summary | {
-            "outcome": outcome, "urls": len(urls), "fetched": stats.done, "ok": stats.ok,
-            "failed": stats.failed, "bytes": stats.bytes, "left": len(runner.leftover),
-            "stop": runner.stop_reason, "elapsed_s": round(time.monotonic() - t0, 3),
-        }
+        # What Flower's task list shows as the result: the batch's outcome first.
+        return {
+            "outcome": outcome, "ok": stats.ok, "failed": stats.failed, "bytes": stats.bytes,
+            "elapsed_s": round(time.monotonic() - t0, 3), "urls": len(urls),
+            "fetched": stats.done, "left": len(runner.leftover), "stop": runner.stop_reason,
+        } | summary
 
     async def _report(self) -> None:
         """Once a second, what this process is doing on each job, for live views."""

@@ -30,6 +30,7 @@ class Outcome:
     out: str
     err: str
     exec_argv: list[str] = field(default_factory=list)
+    exec_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def err_lines(self) -> list[str]:
@@ -77,10 +78,10 @@ def run_cli(
                            write_through=True)
     raw_in = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
     fake_stdin = io.TextIOWrapper(raw_in, encoding="utf-8")  # type: ignore[arg-type]
-    execs: list[list[str]] = []
+    execs: list[tuple[list[str], dict[str, str]]] = []
 
     def fake_execve(path: Any, args: Any, environ: Any) -> None:
-        execs.append([str(a) for a in args])
+        execs.append(([str(a) for a in args], dict(environ)))
         raise _Exec
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLER_")}
@@ -100,4 +101,4 @@ def run_cli(
         err.flush()
     return Outcome(code, out_bytes.getvalue().decode("utf-8"),
                    err_bytes.getvalue().decode("utf-8", "backslashreplace"),
-                   execs[0] if execs else [])
+                   execs[0][0] if execs else [], execs[0][1] if execs else {})

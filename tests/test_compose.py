@@ -84,7 +84,7 @@ def run_config(
     empty.write_text("")
     return subprocess.run(
         [*parser, "--env-file", str(empty), "--project-directory", str(ROOT),
-         "-f", str(COMPOSE), "--profile", "tools", "config"],
+         "-f", str(COMPOSE), "--profile", "tools", "--profile", "monitoring", "config"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=PARSER_TIMEOUT, check=False)
 
 
@@ -181,15 +181,28 @@ def check_structure(cfg: dict[str, Any]) -> None:
     assert worker.get("restart") in {"always", "unless-stopped", "on-failure"}
     assert seconds(worker.get("stop_grace_period", 10)) >= 60
 
-    # flower: same image, Celery's flower command, localhost only, basic auth, healthcheck
+    # worker metrics: on the compose network, where config/prometheus.yml looks for them
+    env = environment(worker)
+    assert env["CRAWLER_METRICS_PORT"] == "9808" and env["CRAWLER_METRICS_ADDRESS"] == "0.0.0.0"
+
+    # flower: same image, `crawler flower`, localhost only, basic auth, healthcheck
     flower = services["flower"]
     assert flower.get("image") == worker.get("image") and flower.get("build")
     cmd = as_list(flower.get("entrypoint")) + as_list(flower.get("command"))
-    assert cmd[:4] == ["celery", "-A", "workers.app", "flower"]
+    assert cmd[:2] == ["crawler", "flower"]
     assert ports(flower) == [("127.0.0.1", "5555", "5555")]
     assert "FLOWER_BASIC_AUTH" in environment(flower)
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "5555" in healthcheck_text(flower)
+
+    # monitoring: never started by a plain `up`, published on this host only
+    for name in ("prometheus", "grafana"):
+        svc = services[name]
+        assert "monitoring" in as_list(svc.get("profiles")), name
+        assert ports(svc) and all(ip in LOCAL_HOSTS for ip, _, _ in ports(svc)), name
+        for source, _, read_only in mounts(svc):
+            if source.startswith((".", "/")):  # a file of ours: mounted read-only
+                assert read_only, (name, source)
 
     # submit: a one-shot tool reading URLs from stdin, never started by `up`
     submit = services["submit"]

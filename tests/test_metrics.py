@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,14 +35,14 @@ def test_counts_are_published_once_as_they_grow() -> None:
     st = RunStats()
     st.ok, st.failed, st.bytes, st.retries = 3, 1, 1200, 2
     st.statuses.update({"2xx": 3, "5xx": 1})
-    st.errors["http_status"] = 1
+    st.errors["connection"] = 1
     st.deferred_host, st.deferred_global, st.limiter_wait = 4, 1, 0.5
     pub.publish("j1", st)
     pub.publish("j1", st)  # nothing new: nothing added
     assert value(registry, "crawler_pages_total", job="j1", outcome="ok") == 3
     assert value(registry, "crawler_pages_total", job="j1", outcome="failed") == 1
     assert value(registry, "crawler_responses_total", status_class="5xx") == 1
-    assert value(registry, "crawler_errors_total", error="http_status") == 1
+    assert value(registry, "crawler_errors_total", error="connection") == 1
     assert value(registry, "crawler_limiter_defers_total", scope="host") == 4
     assert value(registry, "crawler_limiter_wait_seconds_total") == 0.5
     assert value(registry, "crawler_response_bytes_total") == 1200
@@ -134,3 +135,27 @@ def test_processes_sharing_a_directory_serve_their_sum(tmp_path: Path) -> None:
             p.stdin.close()  # type: ignore[union-attr]
             p.wait(10)
             p.stdout.close()  # type: ignore[union-attr]
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the worker's metrics expose (histogram and counter suffixes too)."""
+    registry = CollectorRegistry()
+    metrics = CrawlMetrics(registry)
+    metrics.pages.labels("j", "ok").inc()
+    for m in (metrics.responses, metrics.errors, metrics.defers, metrics.batches):
+        m.labels("x").inc()
+    return {name for name, _ in samples(registry)}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_dashboard_and_the_readme_name_real_metrics() -> None:
+    names = exposed_names()
+    dashboard = (ROOT / "config" / "grafana" / "crawler-dashboard.json").read_text()
+    used = set(re.findall(r"\bcrawler_[a-z_]+", dashboard))
+    assert used and used <= names, used - names
+    readme = (ROOT / "README.md").read_text()
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in names}
+    missing = {n for n in families if f"`{n}`" not in readme}
+    assert not missing, f"metrics not documented in the README: {sorted(missing)}"

@@ -30,7 +30,8 @@ def text_of(view: WatchView, width: int = 110) -> str:
 VIEW = WatchView(
     job_id="j7", state="running", done=4210, total=10_000, ok=4180, failed=30, rate=350.0,
     qps=400, per_host_qps=2, inflight=37, elapsed=12.5,
-    hosts=[("a.example", 1200), ("b.example", 800)], errors={"timeout": 20, "http_status": 10},
+    hosts=[("a.example", 1200), ("b.example", 800)], errors={"timeout": 20, "connection": 10},
+    statuses={"2xx": 4180, "5xx": 10, "none": 20},
     workers=[("w1@box", 0.4, 20), ("w2@box", 1.1, 17)], final=True)
 
 
@@ -42,7 +43,8 @@ def test_the_view_shows_every_subject() -> None:
     assert "350.0/s of 400/s target (88%), at most 2/s per host" in text
     assert "ok 4,180   failed 30   in flight 37" in text
     assert "a.example 1,200 · b.example 800" in text
-    assert "timeout 20 · http_status 10" in text
+    assert "timeout 20 · connection 10" in text
+    assert "2xx 4,180 · 5xx 10 · none 20" in text
     assert "w1@box  seen 0.4 s ago, 20 in flight" in text
     assert "w2@box  seen 1.1 s ago, 17 in flight" in text
 
@@ -59,7 +61,7 @@ def test_an_unlimited_job_and_a_growing_total() -> None:
 def test_the_plain_line() -> None:
     assert plain(VIEW) == (
         "job j7 running 4210/10000 (42.1%) rate 350.0/400/s eta 0:00:16 ok 4180 failed 30 "
-        "inflight 37 errors timeout=20,http_status=10 hosts a.example=1200,b.example=800 "
+        "inflight 37 errors timeout=20,connection=10 hosts a.example=1200,b.example=800 "
         "workers 2")
 
 
