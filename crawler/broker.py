@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -16,6 +15,7 @@ from kombu.exceptions import OperationalError
 from crawler.errors import BackendUnavailable
 from crawler.jobs import LINK_BATCH_BASE
 from crawler.settings import mask_url
+from crawler.work import host_of
 
 FETCH_BATCH = "crawler.fetch_batch"  # the stable task name workers register
 QUEUE = "crawler"  # the queue `crawler worker` consumes
@@ -66,7 +66,7 @@ def task_label(job_id: str, batch_no: int, why: str, urls: Sequence[str] | None 
     args = f"job={job_id} batch={batch_name(batch_no)}"
     if urls is None:
         return args, f"why={why}"
-    hosts = Counter(urlsplit(u).hostname or "?" for u in urls)
+    hosts = Counter(map(host_of, urls))
     named = [h for h, _ in hosts.most_common(LABEL_HOSTS)]
     more = f" (+{len(hosts) - len(named)})" if len(hosts) > len(named) else ""
     return args, f"why={why} urls={len(urls)} hosts={','.join(named)}{more}"

@@ -153,10 +153,12 @@ class MetricsPublisher:
             seen.buckets = list(stats.fetch_buckets)
             seen.fetch_seconds = stats.fetch_seconds
 
-    def finish(self, job_id: str, stats: RunStats, outcome: str) -> None:
+    def finish(self, job_id: str, stats: RunStats) -> None:
         """A run ended: publish its last counts and forget it."""
         self.publish(job_id, stats)
         self._seen.pop(id(stats), None)
+
+    def batch_ended(self, outcome: str) -> None:
         self.m.batches.labels(outcome).inc()
 
     def gauges(self, *, inflight: int, running: int, concurrency: int) -> None:

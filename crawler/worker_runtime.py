@@ -192,10 +192,12 @@ class WorkerRuntime:
             self.running[job_id].pop(batch_no, None)
             if not self.running[job_id]:
                 del self.running[job_id]
+            if self.publisher is not None:  # its last counts, even if the run failed
+                self.publisher.finish(job_id, runner.stats)
         outcome = await self.jobs.batch_end(job_id, batch_no, runner.leftover, token=token,
                                             lease_ms=lease_ms)
         if self.publisher is not None:
-            self.publisher.finish(job_id, stats, outcome)
+            self.publisher.batch_ended(outcome)
         if outcome == "requeue":
             await self._send(job_id, [batch_no], "requeued", runner.leftover)
         elif outcome == "lost":
@@ -210,9 +212,12 @@ class WorkerRuntime:
 
     async def _report(self) -> None:
         """Once a second, what this process is doing on each job, for live views."""
+        reported: set[str] = set()
         while True:
             await asyncio.sleep(REPORT_EVERY)
-            for job_id in list(self.running):
+            # A job whose last batch here ended gets one last, empty report: its in-flight
+            # requests leave the views now, not when the report goes stale.
+            for job_id in [*self.running, *(reported - set(self.running))]:
                 runners = self._runners(job_id)
                 hosts: Counter[str] = Counter()
                 for runner in runners:
@@ -223,6 +228,7 @@ class WorkerRuntime:
                         hosts=dict(hosts.most_common(LIVE_HOSTS)))
                 except Exception as exc:  # a view's data: never a reason to stop the loop
                     log.debug("live report failed: %s", exc)
+            reported = set(self.running)
 
     async def _publish(self) -> None:
         """Copy the running batches' counters to the metrics (see crawler.metrics)."""

@@ -49,7 +49,8 @@ def test_counts_are_published_once_as_they_grow() -> None:
     st.ok += 2
     st.statuses["2xx"] += 2
     st.errors["timeout"] += 1
-    pub.finish("j1", st, "done")
+    pub.finish("j1", st)
+    pub.batch_ended("done")
     assert value(registry, "crawler_pages_total", job="j1", outcome="ok") == 5
     assert value(registry, "crawler_responses_total", status_class="2xx") == 5
     assert value(registry, "crawler_errors_total", error="timeout") == 1

@@ -90,6 +90,9 @@ async def test_404_is_a_result_and_not_retried(mode: str, http_server: HTTPServe
     assert rec == rec | {"status": 404, "ok": False, "error": None, "attempts": 1}
 
 
+# Arrivals are stamped by the in-process server's thread, which waits for the GIL: on a loaded
+# machine the first stamp can come tens of ms late. A broken limiter fails every run.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("mode", MODES)
 async def test_global_qps_paces_arrivals(mode: str, http_server: HTTPServer) -> None:
     urls = [http_server.url(f"/page/{i}") for i in range(11)]

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_watch_shows_the_running_job(cluster: Cluster, clean_sites: list[HTTPServer]) -> None:
-    # 3 hosts at 40/s each, 50/s in all: about 6 s of running job to watch.
-    urls = [clean_sites[i % 3].url(f"/page/{i}?t=watch") for i in range(300)]
+    # 3 hosts at 40/s each, 50/s in all: about 4 s of running job to watch.
+    urls = [clean_sites[i % 3].url(f"/page/{i}?t=watch") for i in range(200)]
     with Crawler(redis_url=cluster.redis_url) as c:
         job = c.submit(urls, allow_private_networks=True, batch_size=25, qps=50,
                        per_host_qps=40)
