@@ -40,7 +40,6 @@ from crawler.cli_common import (
 from crawler.errors import ConfigError
 from crawler.export import export, format_for_path
 from crawler.jobs import TERMINAL, JobState, JobStatus
-from crawler.metrics import MULTIPROC_ENV
 from crawler.urls import IntakeStats, iter_urls, open_source
 from crawler.watch import from_status, plain, render
 
@@ -152,18 +151,14 @@ def _with_crawler(args: argparse.Namespace, body: Callable[[AsyncCrawler], Any])
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)  # a bad setting fails here, not inside Celery
-    env = dict(os.environ)
+    env = _celery_env(args, settings)
     env["CRAWLER_CONCURRENCY"] = str(settings.concurrency)
-    env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
-    env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
     # The worker logs through crawler.logs (workers/app.py) at Celery's --loglevel, in the
     # log_format setting: carried across exec, with the level, for the worker's own settings.
     loglevel = args.loglevel or settings.log_level
     if loglevel in ("DEBUG", "INFO", "WARNING", "ERROR"):  # the setting has no CRITICAL
         env["CRAWLER_LOG_LEVEL"] = loglevel
     env["CRAWLER_LOG_FORMAT"] = settings.log_format
-    if args.config:
-        env["CRAWLER_CONFIG"] = args.config
     # The node name Flower and the records show: where it runs (host) and which process.
     # Several workers on one machine get distinct names; exec keeps this pid.
     node = args.hostname or f"crawler-{os.getpid()}@%h"
@@ -177,9 +172,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execve(sys.executable, argv, env)  # same pid: signals reach Celery directly
 
 
+def _celery_env(args: argparse.Namespace, settings: Any) -> dict[str, str]:
+    """The environment a Celery process we exec needs: the same Redis, broker and config."""
+    env = dict(os.environ)
+    env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
+    env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
+    if args.config:
+        env["CRAWLER_CONFIG"] = args.config
+    return env
+
+
 def _metrics_env(args: argparse.Namespace, settings: Any, env: dict[str, str]) -> None:
     """Pass the metrics flags on to the worker; a port another process holds is refused now,
     in one line, unless the workers share it (multi-process mode, see crawler.metrics)."""
+    from crawler.metrics import MULTIPROC_ENV  # prometheus_client: only `worker` needs it
+
     port = args.metrics_port or settings.metrics_port
     address = args.metrics_address or settings.metrics_address
     if args.metrics_dir:
@@ -212,12 +219,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     Flower 2 serves its API only to logged-in users, so a login is always set: the one in
     $FLOWER_BASIC_AUTH, else a new random password printed once on stderr. It goes to
     Flower in its environment, never on a command line (`ps` shows those to every user)."""
-    settings = settings_from_args(args)
-    env = dict(os.environ)
-    env["CRAWLER_REDIS_URL"] = settings.shared_redis_url
-    env["CRAWLER_BROKER_URL"] = settings.shared_broker_url
-    if args.config:
-        env["CRAWLER_CONFIG"] = args.config
+    env = _celery_env(args, settings_from_args(args))
     auth = env.get(FLOWER_AUTH, "")
     if auth and not all(_login_ok(pair) for pair in auth.split(",")):
         raise ConfigError(f"${FLOWER_AUTH} must be user:password[,user:password]")

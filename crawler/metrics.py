@@ -103,12 +103,7 @@ class CrawlMetrics:
 class _Seen:
     """What was already published of one run's RunStats."""
 
-    plain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_PLAIN, 0))
-    ok: int = 0
-    failed: int = 0
-    deferred_host: int = 0
-    deferred_global: int = 0
-    limiter_wait: float = 0.0
+    counts: dict[str, float] = field(default_factory=dict)  # RunStats field -> value
     fetch_seconds: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(FETCH_BUCKETS) + 1))
     statuses: dict[str, int] = field(default_factory=dict)
@@ -122,33 +117,26 @@ class MetricsPublisher:
         self.m = metrics
         self._seen: dict[int, _Seen] = {}
 
+    def _counters(self, job_id: str) -> list[tuple[str, Any]]:
+        """(RunStats field, the counter child it adds to)."""
+        m = self.m
+        return [*m.plain.items(),
+                ("ok", m.pages.labels(job_id, "ok")), ("failed", m.pages.labels(job_id, "failed")),
+                ("deferred_host", m.defers.labels("host")),
+                ("deferred_global", m.defers.labels("global")),
+                ("limiter_wait", m.limiter_wait)]
+
     def publish(self, job_id: str, stats: RunStats) -> None:
         seen = self._seen.setdefault(id(stats), _Seen())
-        m = self.m
-        for name, metric in m.plain.items():
-            now = getattr(stats, name)
-            if now != seen.plain[name]:
-                metric.inc(now - seen.plain[name])
-                seen.plain[name] = now
-        if stats.ok != seen.ok:
-            m.pages.labels(job_id, "ok").inc(stats.ok - seen.ok)
-            seen.ok = stats.ok
-        if stats.failed != seen.failed:
-            m.pages.labels(job_id, "failed").inc(stats.failed - seen.failed)
-            seen.failed = stats.failed
-        if stats.deferred_host != seen.deferred_host:
-            m.defers.labels("host").inc(stats.deferred_host - seen.deferred_host)
-            seen.deferred_host = stats.deferred_host
-        if stats.deferred_global != seen.deferred_global:
-            m.defers.labels("global").inc(stats.deferred_global - seen.deferred_global)
-            seen.deferred_global = stats.deferred_global
-        if stats.limiter_wait > seen.limiter_wait:
-            m.limiter_wait.inc(stats.limiter_wait - seen.limiter_wait)
-            seen.limiter_wait = stats.limiter_wait
-        _add_counts(m.responses, stats.statuses, seen.statuses)
-        _add_counts(m.errors, stats.errors, seen.errors)
+        for name, child in self._counters(job_id):
+            now, before = getattr(stats, name), seen.counts.get(name, 0)
+            if now != before:
+                child.inc(now - before)
+                seen.counts[name] = now
+        _add_counts(self.m.responses, stats.statuses, seen.statuses)
+        _add_counts(self.m.errors, stats.errors, seen.errors)
         if stats.fetch_buckets != seen.buckets:
-            _add_to_histogram(m.duration, stats.fetch_buckets, seen.buckets,
+            _add_to_histogram(self.m.duration, stats.fetch_buckets, seen.buckets,
                               stats.fetch_seconds - seen.fetch_seconds)
             seen.buckets = list(stats.fetch_buckets)
             seen.fetch_seconds = stats.fetch_seconds

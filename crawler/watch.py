@@ -70,7 +70,7 @@ def from_status(st: JobStatus, *, now_ms: float | None = None) -> WatchView:
         qps=float(st.spec.get("qps", 0) or 0),
         per_host_qps=float(st.spec.get("per_host_qps", 0) or 0),
         inflight=st.inflight, elapsed=(end - started) / 1000 if started else None,
-        hosts=sorted(st.queued_hosts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_HOSTS],
+        hosts=top(st.queued_hosts.items(), TOP_HOSTS),
         errors=st.errors, statuses=st.statuses,
         workers=[(name, max(0.0, (now_ms - seen) / 1000), st.worker_inflight.get(name))
                  for name, seen in sorted(st.workers.items())],
