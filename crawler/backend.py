@@ -8,6 +8,12 @@ forever (a batch must survive a Redis restart), the CLI and the API for `redis_p
 seconds, the rate limiter not at all (it falls back to a local limiter instead, see
 `crawler.ratelimit.fallback`). The first check of a URL always fails fast: a typo should not
 look like an outage.
+
+The URL picks the topology (`crawler.redis_urls`): one server, a Redis Cluster (redis-py's
+`RedisCluster`, which follows MOVED/ASK and refreshes its slot map), or the master a set of
+Sentinels names (redis-py's Sentinel pool: after a failover a `READONLY` answer drops the
+connection and the retry reconnects to the new master). Every key a script touches shares one
+hash tag (`crawler.keys`, the limiter's `{rl}`), so the scripts run unchanged on a cluster.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from crawler.errors import BackendUnavailable
-from crawler.outage import Outage, PatientRetry, RetryOnce
+from crawler.outage import BACKOFF_BASE, BACKOFF_CAP, TRANSIENT, Outage, PatientRetry, RetryOnce
+from crawler.redis_urls import RedisTarget, parse_redis_url
 from crawler.settings import mask_url
 
 # Seconds to wait for Redis to answer before the CLI says it is unreachable.
@@ -26,6 +37,10 @@ CONNECT_TIMEOUT = 5.0
 # Seconds a fail-fast client waits for one reply (a limiter call takes well under 1 ms).
 FAIL_FAST_TIMEOUT = 2.0
 FOREVER = None
+# A cluster client retries by count, not by time (redis-py's cluster loop refreshes the slot
+# map between attempts and cannot wait forever): with back-off capped at BACKOFF_CAP this is
+# about 2.5 minutes, longer than a cluster failover (cluster-node-timeout + election).
+CLUSTER_RETRIES = 32
 
 
 def redis_client(url: str | None, *, patience: float | None = FOREVER,
@@ -50,14 +65,58 @@ def redis_client(url: str | None, *, patience: float | None = FOREVER,
     else:
         kwargs = {"retry": PatientRetry(outage, give_up_after=patience),
                   "socket_connect_timeout": CONNECT_TIMEOUT}
-    client = aioredis.Redis.from_url(url, health_check_interval=30, client_name=name, **kwargs)
-    client.outage = outage  # type: ignore[attr-defined]
+    target = parse_redis_url(url)
+    client: Any
+    if target.kind == "cluster":
+        client = _cluster_client(target, name, fail_fast=fail_fast)
+    elif target.kind == "sentinel":
+        client = _sentinel_client(target, name, kwargs)
+    else:
+        client = aioredis.Redis.from_url(url, health_check_interval=30, client_name=name,
+                                         **kwargs)
+    client.outage = outage
     return client
+
+
+def _cluster_client(target: RedisTarget, name: str, *, fail_fast: bool) -> RedisCluster:
+    """A cluster client from the seed nodes; it learns the other nodes from them."""
+    retry = Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE),
+                  1 if fail_fast else CLUSTER_RETRIES, TRANSIENT)
+    timeout = FAIL_FAST_TIMEOUT if fail_fast else CONNECT_TIMEOUT
+    options: dict[str, Any] = {"socket_connect_timeout": timeout,
+                               "socket_timeout": FAIL_FAST_TIMEOUT if fail_fast else None,
+                               **target.data_options}
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+        username=target.username, password=target.password, ssl=target.tls,
+        client_name=name, retry=retry, health_check_interval=30, **options)
+
+
+def _sentinel_client(target: RedisTarget, name: str, kwargs: dict[str, Any]) -> aioredis.Redis:
+    """The master the sentinels name, through a pool that asks them again after a failure."""
+    options = {"health_check_interval": 30, "client_name": name, "db": target.db,
+               "username": target.username, "password": target.password,
+               **kwargs, **target.data_options}
+    if target.tls:
+        options["ssl"] = True
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": kwargs.get("socket_connect_timeout", CONNECT_TIMEOUT),
+        "socket_timeout": FAIL_FAST_TIMEOUT, **target.sentinel_login}
+    sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(target.service, redis_class=aioredis.Redis, **options)
 
 
 def outage_of(client: Any) -> Outage | None:
     """The `Outage` of a client made by `redis_client` (None for fakeredis)."""
     return getattr(client, "outage", None)
+
+
+async def server_uptime(client: Any) -> float:
+    """Seconds the Redis behind `client` has been up: the youngest node of a cluster."""
+    info = await client.info("server")
+    if "uptime_in_seconds" not in info:  # a cluster answers per node: {node: info}
+        return min((float(i.get("uptime_in_seconds", 0)) for i in info.values()), default=0.0)
+    return float(info["uptime_in_seconds"])
 
 
 async def check_redis(client: aioredis.Redis, url: str | None) -> None:

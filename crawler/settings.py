@@ -26,12 +26,15 @@ from redis.exceptions import RedisError
 
 from crawler.errors import ConfigError
 from crawler.options import CrawlOptions
+from crawler.redis_urls import ALL_SCHEMES, SINGLE_SCHEMES, broker_for, parse_redis_url
 
 DEFAULT_CONFIG_PATH = Path("config/crawler.toml")
 # Workers and `submit` need a real Redis; with none configured they use the usual local one.
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
+REDIS_SCHEMES = ALL_SCHEMES  # one server, a Redis Cluster, Sentinel: crawler/redis_urls.py
+# A cluster cannot be the broker (no Celery transport speaks it); Sentinel can.
+BROKER_SCHEMES = SINGLE_SCHEMES | {"redis+sentinel", "rediss+sentinel", "amqp", "amqps",
+                                   "pyamqp"}
 
 
 class Settings(BaseSettings, CrawlOptions):
@@ -69,14 +72,20 @@ class Settings(BaseSettings, CrawlOptions):
             return None
         try:
             parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
         except ValueError as exc:
             raise ValueError(f"malformed URL: {exc}") from None
         allowed = REDIS_SCHEMES if info.field_name == "redis_url" else BROKER_SCHEMES
         if parts.scheme not in allowed:
             expected = ", ".join(f"{s}://" for s in sorted(allowed))
             raise ValueError(f"unsupported URL scheme {parts.scheme!r} (expected {expected})")
-        if parts.scheme in REDIS_SCHEMES:
+        if parts.scheme in REDIS_SCHEMES - SINGLE_SCHEMES:  # several hosts: ours to parse
+            parse_redis_url(v)  # ValueError: one line naming what is wrong
+            return v
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        except ValueError as exc:
+            raise ValueError(f"malformed URL: {exc}") from None
+        if parts.scheme in SINGLE_SCHEMES:
             _check_redis_url(v, parts)
         return v
 
@@ -96,7 +105,14 @@ class Settings(BaseSettings, CrawlOptions):
 
     @property
     def shared_broker_url(self) -> str:
-        return self.broker_url or self.shared_redis_url
+        """The broker of the distributed mode: CRAWLER_BROKER_URL, else the shared Redis
+        (ConfigError when that Redis is a cluster: it cannot carry Celery's queue)."""
+        if self.broker_url:
+            return self.broker_url
+        try:
+            return broker_for(self.shared_redis_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

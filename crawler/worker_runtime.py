@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from crawler import gcpause, loops
-from crawler.backend import outage_of, redis_client
+from crawler.backend import outage_of, redis_client, server_uptime
 from crawler.broker import send_batches
 from crawler.engines import make_engine
 from crawler.engines.base import Engine
@@ -407,8 +407,7 @@ class WorkerRuntime:
         outage = outage_of(self.client)
         if outage is not None and outage.up_for() < self.timing.lease:
             return False
-        info = await self.client.info("server")
-        return float(info.get("uptime_in_seconds", 0)) >= self.timing.lease
+        return await server_uptime(self.client) >= self.timing.lease
 
     def _begin_shutdown(self) -> None:
         if self.closing:
