@@ -94,14 +94,16 @@ class AsyncCrawler:
                 pipe = self.client.pipeline(transaction=False)
                 self.jobs.add_batch(pipe, job_id, batch_no, batch)
                 await pipe.execute()
-                send_batches(broker, job_id, [batch_no], why="submitted", urls=batch)
+                send_batches(broker, job_id, [batch_no], why="submitted", urls=batch,
+                             queue_type=self.settings.broker_queue_type)
                 batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
         # Found-link batches held until the seeds were all in (a level barrier): send them.
         held = await self.jobs.release_held(job_id, lease_ms=LeaseTiming(
             self.settings.lease_seconds).pending_ms)
         if held:
-            send_batches(broker, job_id, held, why="released")
+            send_batches(broker, job_id, held, why="released",
+                         queue_type=self.settings.broker_queue_type)
         return job_id
 
     async def submit(self, urls: Iterable[str], *, job_id: str | None = None,
@@ -137,7 +139,8 @@ class AsyncCrawler:
         await self._ready()
         after, _before, requeue = await self.jobs.control(job_id, op)
         if requeue:
-            send_batches(self.settings.shared_broker_url, job_id, requeue, why="resumed")
+            send_batches(self.settings.shared_broker_url, job_id, requeue, why="resumed",
+                         queue_type=self.settings.broker_queue_type)
         return after
 
     async def recent(self, limit: int = 20) -> list[JobStatus]:

@@ -1,32 +1,62 @@
 """Sending batch tasks to the Celery broker by name (the library never imports `workers`).
 
-A producer-only Celery app: JSON messages, one connection reused for every message.
+A producer-only Celery app: JSON messages, one connection reused for every message. The
+broker is Redis or RabbitMQ (AMQP); producer and workers declare the task queue the same way
+(`celery_config`), since RabbitMQ refuses a second declaration with other arguments.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit
 
 from celery import Celery
+from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from crawler.errors import BackendUnavailable
 from crawler.jobs import LINK_BATCH_BASE
-from crawler.settings import mask_url
+from crawler.redis_urls import kombu_broker
+from crawler.settings import AMQP_SCHEMES, mask_url
 from crawler.work import host_of
 
 FETCH_BATCH = "crawler.fetch_batch"  # the stable task name workers register
 QUEUE = "crawler"  # the queue `crawler worker` consumes
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 LABEL_HOSTS = 3  # hosts named in a task's label; the rest are counted
+QueueType = Literal["classic", "quorum"]  # RabbitMQ queue types (README, "RabbitMQ")
 
 
-def celery_config(broker_url: str) -> dict[str, object]:
-    """What producer and workers must agree on; workers add their own settings on top."""
-    return {
-        "broker_url": broker_url,
+def is_amqp(broker_url: str) -> bool:
+    """Whether the broker is RabbitMQ (AMQP) rather than Redis."""
+    return urlsplit(broker_url).scheme in AMQP_SCHEMES
+
+
+def task_queue(queue_type: QueueType) -> Queue:
+    """The queue batches go to. A quorum queue (RabbitMQ only) is replicated over the
+    RabbitMQ cluster's nodes; Celery sees its `x-queue-type` and turns global QoS off."""
+    args = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE, durable=True,
+                 queue_arguments=args)
+
+
+def celery_config(broker_url: str, queue_type: QueueType = "classic") -> dict[str, object]:
+    """What producer and workers must agree on; workers add their own settings on top.
+
+    A `redis+sentinel://` URL becomes kombu's own Sentinel form (the master it names)."""
+    url, transport = (broker_url, {}) if is_amqp(broker_url) else kombu_broker(broker_url)
+    extra: dict[str, object] = {}
+    if transport:
+        extra["broker_transport_options"] = transport
+    if urlsplit(broker_url).scheme == "rediss+sentinel":
+        extra["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}  # verified, as rediss
+    return extra | {
+        "task_queues": [task_queue(queue_type)],
+        "broker_url": url,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -36,9 +66,9 @@ def celery_config(broker_url: str) -> dict[str, object]:
 
 
 @lru_cache(maxsize=4)
-def producer_app(broker_url: str) -> Celery:
+def producer_app(broker_url: str, queue_type: QueueType = "classic") -> Celery:
     app = Celery("crawler-producer", set_as_current=False)
-    app.conf.update(celery_config(broker_url))
+    app.conf.update(celery_config(broker_url, queue_type))
     return app
 
 
@@ -73,12 +103,13 @@ def task_label(job_id: str, batch_no: int, why: str, urls: Sequence[str] | None 
 
 
 def send_batches(broker_url: str, job_id: str, batch_nos: Iterable[int], *, why: str,
-                 urls: Sequence[str] | None = None) -> int:
+                 urls: Sequence[str] | None = None, queue_type: QueueType = "classic") -> int:
     """Enqueue `crawler.fetch_batch(job_id, n)` for each n over one broker connection.
 
     `why` (submitted, links, requeued, reaped, delayed, released, resumed) and, for a single
-    batch, its `urls` label the task in Flower."""
-    app = producer_app(broker_url)
+    batch, its `urls` label the task in Flower. `queue_type` is the broker_queue_type
+    setting: the producer declares the queue as the workers do."""
+    app = producer_app(broker_url, queue_type)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:

@@ -159,8 +159,6 @@ def kombu_broker(url: str) -> tuple[str, dict[str, object]]:
     options: dict[str, object] = {"master_name": target.service}
     if target.sentinel_login:
         options["sentinel_kwargs"] = dict(target.sentinel_login)
-    if target.tls:
-        options["ssl"] = True  # kombu passes TLS on to the master's connections
     return hosts, options
 
 

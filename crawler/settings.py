@@ -36,6 +36,9 @@ REDIS_SCHEMES = ALL_SCHEMES  # one server, a Redis Cluster, Sentinel: crawler/re
 BROKER_SCHEMES = SINGLE_SCHEMES | {"redis+sentinel", "rediss+sentinel", "amqp", "amqps",
                                    "pyamqp"}
 
+# The broker is RabbitMQ with these (see crawler/broker.py); other broker schemes are Redis.
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
 
 class Settings(BaseSettings, CrawlOptions):
     """Everything a crawl, a worker or the CLI can be told. Immutable once loaded."""
@@ -50,6 +53,8 @@ class Settings(BaseSettings, CrawlOptions):
     # Backends
     redis_url: str | None = None
     broker_url: str | None = None
+    # RabbitMQ only: "quorum" declares the task queue as a quorum queue (README, "RabbitMQ").
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
     key_prefix: str = Field("crawler", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     # Seconds the CLI and the API retry while Redis is unreachable mid-job (workers: forever).
     redis_patience: float = Field(60.0, ge=0, le=86_400)
@@ -87,6 +92,14 @@ class Settings(BaseSettings, CrawlOptions):
             raise ValueError(f"malformed URL: {exc}") from None
         if parts.scheme in SINGLE_SCHEMES:
             _check_redis_url(v, parts)
+        return v
+
+    @field_validator("broker_queue_type")
+    @classmethod
+    def _quorum_needs_amqp(cls, v: str, info: ValidationInfo) -> str:
+        broker = info.data.get("broker_url") or ""
+        if v == "quorum" and urlsplit(broker).scheme not in AMQP_SCHEMES:
+            raise ValueError("quorum queues need a RabbitMQ broker (broker_url = amqp://...)")
         return v
 
     @property

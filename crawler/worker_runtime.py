@@ -254,7 +254,8 @@ class WorkerRuntime:
     async def _send(self, job_id: str, batch_nos: list[int], why: str,
                     urls: Sequence[str] | None = None) -> None:
         await self.loop.run_in_executor(None, partial(
-            send_batches, self._broker(), job_id, batch_nos, why=why, urls=urls))
+            send_batches, self._broker(), job_id, batch_nos, why=why, urls=urls,
+            queue_type=self.settings.broker_queue_type))
 
     async def _options(self, job_id: str) -> CrawlOptions:
         cached = self.specs.get(job_id)

@@ -9,6 +9,9 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from redisserver import RedisServer
+from redistopo import RedisClusterServers
+
+from crawler.backend import redis_client
 
 pytest_plugins = ["httpserver", "siteserver"]
 
@@ -29,13 +32,31 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster on loopback, for the whole session (started on first use)."""
+    servers = RedisClusterServers()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """`redis+cluster://` of the test cluster, emptied first."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    """An asyncio client of fakeredis, then of the real redis-server: scripts must agree."""
+    """An asyncio client of fakeredis, of a real redis-server and of a real Redis Cluster
+    (through `crawler.backend.redis_client`): the scripts must agree on all three."""
     if request.param == "fakeredis":
         c = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    else:
+    elif request.param == "redis":
         c = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    else:
+        c = redis_client(request.getfixturevalue("redis_cluster_url"), name="crawler-test")
     yield c
     await c.aclose()
 

@@ -23,6 +23,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from crawler.backend import redis_client
 from crawler.errors import BackendUnavailable, ConfigError
 from crawler.ratelimit import AsyncRateLimiter, Decision, Grant, LimiterConfig, RateLimiter, core
 
@@ -64,13 +65,16 @@ class Driver:
 MakeDriver = Callable[..., Driver]
 
 
-@pytest.fixture(params=["fake", "redis", "fake-async", "redis-async"])
+@pytest.fixture(params=["fake", "redis", "fake-async", "redis-async", "cluster-async"])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[MakeDriver]:
-    """A factory of limiters that all share one fresh backend of the parametrized kind."""
+    """A factory of limiters that all share one fresh backend of the parametrized kind (the
+    last: a real 3-master Redis Cluster, through `crawler.backend.redis_client`)."""
     kind = request.param
-    if kind.startswith("redis"):
+    if kind == "cluster-async":
+        client: Any = redis_client(request.getfixturevalue("redis_cluster_url"))
+    elif kind.startswith("redis"):
         url = request.getfixturevalue("redis_url")
-        client: Any = (redis.asyncio.Redis.from_url(url) if kind.endswith("async")
+        client = (redis.asyncio.Redis.from_url(url) if kind.endswith("async")
                        else redis.Redis.from_url(url))
     else:
         server = fakeredis.FakeServer()  # instances would otherwise share one default server

@@ -11,7 +11,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from crawler.broker import FETCH_BATCH
 from crawler.jobs import JOB_ID_RE
 from crawler.worker_runtime import WorkerRuntime
-from workers.app import BATCH_SOFT_LIMIT, app, settings
+from workers.app import BATCH_LIMIT, app, settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def runtime() -> WorkerRuntime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = WorkerRuntime(settings, batch_time_limit=BATCH_SOFT_LIMIT - 60)
+            _runtime = WorkerRuntime(settings, batch_time_limit=BATCH_LIMIT - 60)
         return _runtime
 
 

@@ -1,6 +1,7 @@
 """End-to-end fixtures: a redis-server, three `crawler worker` processes, local HTTP servers.
 
-Everything is started as a user would: real processes on loopback, nothing mocked.
+Everything is started as a user would: real processes on loopback, nothing mocked. The broker
+is that Redis unless a `Cluster` is given another (RabbitMQ: test_amqp.py).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ WORKER_CONCURRENCY = 50
 READY_TIMEOUT = 60.0
 
 
-def crawler_env(redis_url: str) -> dict[str, str]:
+def crawler_env(redis_url: str, broker_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLER_")}
     env["CRAWLER_REDIS_URL"] = redis_url
+    if broker_url:
+        env["CRAWLER_BROKER_URL"] = broker_url
     return env
 
 
@@ -49,12 +52,15 @@ def urls_for(sites: list[HTTPServer], n: int, tag: str) -> list[str]:
 
 
 class Cluster:
-    """Worker processes started with `crawler worker`, and a way to talk to them."""
+    """Worker processes started with `crawler worker`, and a way to talk to them (a set of
+    workers, not a Redis Cluster). Their broker is `broker_url`, else the Redis."""
 
-    def __init__(self, redis_url: str, logdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, redis_url: str, logdir: Path, env: dict[str, str] | None = None,
+                 broker_url: str | None = None) -> None:
         self.redis_url = redis_url
+        self.broker_url = broker_url or redis_url
         self.logdir = logdir
-        self.env = env or {}
+        self.env = crawler_env(redis_url, broker_url) | (env or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_worker(self, name: str, concurrency: int = WORKER_CONCURRENCY,
@@ -63,7 +69,7 @@ class Cluster:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "crawler", "worker", "--hostname", name,
                  "--concurrency", str(concurrency), "--loglevel", "INFO", *extra],
-                env=crawler_env(self.redis_url) | self.env, stdout=log,
+                env=self.env, stdout=log,
                 stderr=subprocess.STDOUT,
             )
 
@@ -75,7 +81,7 @@ class Cluster:
 
     def wait_ready(self, names: list[str]) -> None:
         """Every named worker answers a Celery control ping (a real round trip)."""
-        app = producer_app(self.redis_url)
+        app = producer_app(self.broker_url)
         pending = set(names)
 
         def answered() -> bool:
