@@ -103,7 +103,22 @@ def _sentinel_client(target: RedisTarget, name: str, kwargs: dict[str, Any]) -> 
         "socket_connect_timeout": kwargs.get("socket_connect_timeout", CONNECT_TIMEOUT),
         "socket_timeout": FAIL_FAST_TIMEOUT, **target.sentinel_login}
     sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(target.service, redis_class=aioredis.Redis, **options)
+    client = sentinel.master_for(target.service, redis_class=_SentinelMaster, **options)
+    client.sentinel = sentinel
+    return client
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The master's client. Closing it closes the connections to the sentinels too: redis-py
+    leaves them open, and every short-lived client (a probe) would leak one per sentinel."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            for node in self.sentinel.sentinels:
+                await node.aclose()
 
 
 def outage_of(client: Any) -> Outage | None:
