@@ -25,7 +25,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from crawler.errors import BackendUnavailable
 from crawler.outage import BACKOFF_BASE, BACKOFF_CAP, TRANSIENT, Outage, PatientRetry, RetryOnce
@@ -139,7 +139,7 @@ async def check_redis(client: aioredis.Redis, url: str | None) -> None:
     probe = client if url is None else redis_client(url, fail_fast=True)
     try:
         await probe.ping()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:  # the last: no node answers
         where = mask_url(url) if url else "embedded redis"
         raise BackendUnavailable(f"cannot reach Redis at {where}: {exc}") from None
     finally:
