@@ -94,7 +94,7 @@ def _cluster_client(target: RedisTarget, name: str, *, fail_fast: bool) -> Redis
 
 def _sentinel_client(target: RedisTarget, name: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     """The master the sentinels name, through a pool that asks them again after a failure."""
-    options = {"health_check_interval": 30, "client_name": name, "db": target.db,
+    options: dict[str, Any] = {"health_check_interval": 30, "client_name": name, "db": target.db,
                "username": target.username, "password": target.password,
                **kwargs, **target.data_options}
     if target.tls:
@@ -104,7 +104,7 @@ def _sentinel_client(target: RedisTarget, name: str, kwargs: dict[str, Any]) -> 
         "socket_timeout": FAIL_FAST_TIMEOUT, **target.sentinel_login}
     sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs)
     client = sentinel.master_for(target.service, redis_class=_SentinelMaster, **options)
-    client.sentinel = sentinel
+    client.sentinel_group = sentinel
     return client
 
 
@@ -112,12 +112,12 @@ class _SentinelMaster(aioredis.Redis):
     """The master's client. Closing it closes the connections to the sentinels too: redis-py
     leaves them open, and every short-lived client (a probe) would leak one per sentinel."""
 
-    sentinel: Sentinel | None = None
+    sentinel_group: Sentinel | None = None  # not `sentinel`: that is the SENTINEL command
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            for node in self.sentinel.sentinels:
+        if self.sentinel_group is not None:
+            for node in self.sentinel_group.sentinels:
                 await node.aclose()
 
 

@@ -73,6 +73,12 @@ class Cluster:
                 stderr=subprocess.STDOUT,
             )
 
+    def start(self, names: list[str], concurrency: int = WORKER_CONCURRENCY) -> None:
+        """Start these workers and return once every one answers."""
+        for name in names:
+            self.start_worker(name, concurrency)
+        self.wait_ready(names)
+
     def kill(self, name: str) -> None:
         """SIGKILL: no handler runs, nothing is handed back."""
         proc = self.procs[name]
@@ -125,9 +131,7 @@ def cluster(e2e_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     c = Cluster(e2e_redis.url, tmp_path_factory.mktemp("workers"))
     names = [f"w{i}@e2e" for i in range(1, WORKERS + 1)]
     try:
-        for name in names:
-            c.start_worker(name)
-        c.wait_ready(names)
+        c.start(names)
         yield c
     finally:
         c.stop()

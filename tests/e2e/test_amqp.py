@@ -46,11 +46,8 @@ def vhost() -> Iterator[RabbitVhost]:
 def amqp_cluster(e2e_redis: RedisServer, vhost: RabbitVhost,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(e2e_redis.url, tmp_path_factory.mktemp("amqp"), broker_url=vhost.url)
-    names = ["a1@amqp", "a2@amqp"]
     try:
-        for name in names:
-            c.start_worker(name, concurrency=20)
-        c.wait_ready(names)
+        c.start(["a1@amqp", "a2@amqp"], concurrency=20)
         yield c
     finally:
         c.stop()
@@ -96,9 +93,7 @@ def test_sigkill_on_a_quorum_queue_redelivers_at_once_and_loses_nothing(
     c = Cluster(e2e_redis.url, tmp_path, broker_url=quorum.url,
                 env={"CRAWLER_BROKER_QUEUE_TYPE": "quorum"})
     try:
-        for name in ("q1@amqp", "q2@amqp"):
-            c.start_worker(name, concurrency=20)
-        c.wait_ready(["q1@amqp", "q2@amqp"])
+        c.start(["q1@amqp", "q2@amqp"], concurrency=20)
         urls = urls_for(clean_sites, 240, "amqp-kill")
         with Crawler(redis_url=e2e_redis.url, broker_url=quorum.url,
                      broker_queue_type="quorum") as api:

@@ -52,9 +52,7 @@ def make_cluster(
     def make(names: list[str], **env: str) -> Cluster:
         c = Cluster(own_redis.url, tmp_path, env=dict(env))
         made.append(c)
-        for name in names:
-            c.start_worker(name, concurrency=20)
-        c.wait_ready(names)
+        c.start(names, concurrency=20)
         return c
 
     yield make

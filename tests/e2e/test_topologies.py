@@ -32,18 +32,24 @@ def fetched(sites: list[HTTPServer], tag: str) -> Counter[str]:
                    if a.query == f"t={tag}")
 
 
+@pytest.fixture
+def broker_redis() -> Iterator[RedisServer]:
+    """A broker of the test's own: the package's workers consume the shared e2e Redis."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
 def test_a_job_on_a_redis_cluster_runs_once_over_two_workers(
-    redis_cluster: RedisClusterServers, e2e_redis: RedisServer,
+    redis_cluster: RedisClusterServers, broker_redis: RedisServer,
     clean_sites: list[HTTPServer], tmp_path: Path
 ) -> None:
     # Given two workers whose Redis is a 3-master cluster (the broker a plain Redis)
     redis_cluster.flushall()
-    c = Cluster(redis_cluster.url, tmp_path, broker_url=e2e_redis.url)
+    c = Cluster(redis_cluster.url, tmp_path, broker_url=broker_redis.url)
     names = ["c1@cluster", "c2@cluster"]
     try:
-        for name in names:
-            c.start_worker(name, concurrency=20)
-        c.wait_ready(names)
+        c.start(names, concurrency=20)
         # When 300 URLs are submitted with the CLI and waited for
         tag = "cluster"
         urls = urls_for(clean_sites, 300, tag)
@@ -57,7 +63,7 @@ def test_a_job_on_a_redis_cluster_runs_once_over_two_workers(
                                  "120"], capture_output=True, env=c.env, timeout=180)
         assert waited.returncode == 0, waited.stdout.decode() + waited.stderr.decode()
         # Then every URL was fetched once, recorded once, by both workers
-        with Crawler(redis_url=redis_cluster.url, broker_url=e2e_redis.url) as api:
+        with Crawler(redis_url=redis_cluster.url, broker_url=broker_redis.url) as api:
             recs = list(api.results(job))
             assert api.status(job).state is JobState.FINISHED
         assert Counter(str(r["url"]) for r in recs) == Counter(urls)
@@ -68,7 +74,7 @@ def test_a_job_on_a_redis_cluster_runs_once_over_two_workers(
         # another), none in the broker's Redis
         per_node = [n.client().dbsize() for n in redis_cluster.nodes]
         assert sum(per_node) > 0 and sum(1 for k in per_node if k) >= 2
-        assert not e2e_redis.client().keys(f"crawler:job:{{{job}}}*")
+        assert not broker_redis.client().keys(f"crawler:job:{{{job}}}*")
     finally:
         c.stop()
 
@@ -87,9 +93,7 @@ def test_a_sentinel_failover_mid_job_loses_nothing(
     c = Cluster(sentinels.url, tmp_path)
     names = ["s1@sentinel", "s2@sentinel"]
     try:
-        for name in names:
-            c.start_worker(name, concurrency=20)
-        c.wait_ready(names)
+        c.start(names, concurrency=20)
         tag = "failover"
         urls = urls_for(clean_sites, 300, tag)
         with Crawler(redis_url=sentinels.url) as api:
