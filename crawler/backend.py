@@ -39,7 +39,8 @@ FAIL_FAST_TIMEOUT = 2.0
 FOREVER = None
 # A cluster client retries by count, not by time (redis-py's cluster loop refreshes the slot
 # map between attempts and cannot wait forever): with back-off capped at BACKOFF_CAP this is
-# about 2.5 minutes, longer than a cluster failover (cluster-node-timeout + election).
+# about 2 minutes of waiting (124 s on average, plus connect timeouts), longer than a cluster
+# failover (cluster-node-timeout, 15 s by default, plus the election).
 CLUSTER_RETRIES = 32
 
 
@@ -94,9 +95,10 @@ def _cluster_client(target: RedisTarget, name: str, *, fail_fast: bool) -> Redis
 
 def _sentinel_client(target: RedisTarget, name: str, kwargs: dict[str, Any]) -> aioredis.Redis:
     """The master the sentinels name, through a pool that asks them again after a failure."""
-    options: dict[str, Any] = {"health_check_interval": 30, "client_name": name, "db": target.db,
-               "username": target.username, "password": target.password,
-               **kwargs, **target.data_options}
+    options: dict[str, Any] = {
+        "health_check_interval": 30, "client_name": name, "db": target.db,
+        "username": target.username, "password": target.password,
+        **kwargs, **target.data_options}
     if target.tls:
         options["ssl"] = True
     sentinel_kwargs: dict[str, Any] = {

@@ -2,7 +2,8 @@
 their own on the machine's RabbitMQ, job state and results in a redis-server.
 
 A subset of the Redis-broker suite, the part where the broker matters: a job submitted,
-paused, resumed and finished through the CLI and the API (resume publishes again); a worker
+paused, resumed and finished through the CLI and the API (resume publishes again); a depth
+crawl (workers publish found links and released levels); a worker
 SIGKILLed mid-job on a quorum queue, whose unacknowledged messages RabbitMQ hands to the
 other worker as soon as the connection drops. Without RabbitMQ these tests skip locally and
 fail on CI (tests/rabbitmq.py).
@@ -18,12 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crawlcheck import check_exact
 from httpserver import HTTPServer
 from rabbitmq import RabbitVhost
 from redisserver import RedisServer
+from sitegraph import expected
+from siteserver import serve_site
 
 from crawler import Crawler, JobState
 from e2e.conftest import Cluster, urls_for, wait_until
+from e2e.test_crawl import FAST_DELAY, crawl
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +88,17 @@ def test_submit_pause_resume_and_finish_over_rabbitmq(
     assert vhost.queue_types().get("crawler") == "classic"
     assert e2e_redis.client().exists("crawler") == 0
     assert received(amqp_cluster, "a1@amqp") and received(amqp_cluster, "a2@amqp")
+
+
+def test_a_depth_crawl_over_rabbitmq_is_exact(amqp_cluster: Cluster, tmp_path: Path) -> None:
+    # Given a generated site; when two workers crawl it 2 links deep (found links and the
+    # level barrier's held batches are published by the workers, over AMQP)
+    with serve_site(crawl_delay=FAST_DELAY) as server:
+        want = expected(server.site, server.site.seeds, depth=2, scope="host")
+        _job, records, status = crawl(amqp_cluster, server, tmp_path, "--depth", "2")
+        # Then exactly the pages within 2 links were recorded, each fetched once
+        assert status["state"] == "finished"
+        check_exact(records, want, server)
 
 
 def test_sigkill_on_a_quorum_queue_redelivers_at_once_and_loses_nothing(

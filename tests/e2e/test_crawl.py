@@ -38,7 +38,7 @@ TIMING = pytest.mark.flaky(reruns=2, reruns_delay=5)
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "crawler", *args], capture_output=True,
-                          env=crawler_env(cluster.redis_url), timeout=600)
+                          env=cluster.env, timeout=600)
 
 
 def crawl(cluster: Cluster, server: SiteServer, tmp_path: Path, *flags: str
