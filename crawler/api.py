@@ -23,6 +23,7 @@ from crawler import loops
 from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
 from crawler.engines import make_engine
+from crawler.errors import JobActive
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
@@ -30,6 +31,7 @@ from crawler.leases import LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
+from crawler.retention import expire_job, purge_job
 from crawler.seeding import with_sitemaps
 from crawler.settings import Settings, job_options, load_settings
 from crawler.urls import IntakeStats, accept_urls
@@ -98,6 +100,7 @@ class AsyncCrawler:
                              queue_type=self.settings.broker_queue_type)
                 batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
+        await self._expire(job_id)  # a job with nothing to fetch ended at once
         # Found-link batches held until the seeds were all in (a level barrier): send them.
         held = await self.jobs.release_held(job_id, lease_ms=LeaseTiming(
             self.settings.lease_seconds).pending_ms)
@@ -138,10 +141,25 @@ class AsyncCrawler:
         """'pause', 'resume' or 'cancel'; returns the state after."""
         await self._ready()
         after, _before, requeue = await self.jobs.control(job_id, op)
+        if after is JobState.CANCELLED:  # its keys expire `ttl` after now (README, "Redis keys")
+            await self._expire(job_id)
         if requeue:
             send_batches(self.settings.shared_broker_url, job_id, requeue, why="resumed",
                          queue_type=self.settings.broker_queue_type)
         return after
+
+    async def _expire(self, job_id: str) -> None:
+        ttl = CrawlOptions.model_validate(await self.jobs.spec(job_id)).ttl
+        await expire_job(self.client, self.settings.key_prefix, job_id, ttl)
+
+    async def purge(self, job_id: str) -> int:
+        """Delete a finished or cancelled job's keys now; the number deleted. A job still
+        queued, running or paused is refused (JobActive): cancel it first."""
+        await self._ready()
+        st = await self.status(job_id)
+        if st.state not in TERMINAL:
+            raise JobActive(f"job {job_id} is {st.state}: cancel it first")
+        return await purge_job(self.client, self.settings.key_prefix, job_id)
 
     async def recent(self, limit: int = 20) -> list[JobStatus]:
         await self._ready()
@@ -189,6 +207,9 @@ class Crawler:
 
     def resume(self, job_id: str) -> JobState:
         return self._run(self._async.control(job_id, "resume"))  # type: ignore[no-any-return]
+
+    def purge(self, job_id: str) -> int:
+        return self._run(self._async.purge(job_id))  # type: ignore[no-any-return]
 
     def jobs(self, limit: int = 20) -> list[JobStatus]:
         return self._run(self._async.recent(limit))  # type: ignore[no-any-return]

@@ -136,6 +136,9 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="allow one private network through the SSRF guard (repeatable)")
     g.add_argument("--store-body", action="store_const", const=True,
                    help="keep bodies in Redis (capped, compressed)")
+    g.add_argument("--ttl", type=float, metavar="SECONDS",
+                   help="keep the job's keys and results this long after it ends (default "
+                   "604800: 7 days)")
     f = p.add_argument_group("following links (default: fetch the input URLs only)")
     f.add_argument("--depth", type=depth_arg, metavar="N|inf",
                    help="follow links N levels deep from the input URLs (0 = none, inf = any)")
@@ -174,8 +177,8 @@ SETTINGS_FLAGS = (
     "redis_url", "log_level", "mode", "qps", "burst", "per_host_qps", "per_host_burst",
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
-    "store_body", "depth", "scope", "allow", "deny", "max_pages", "robots", "sitemaps", "dedupe",
-    "log_format",
+    "store_body", "ttl", "depth", "scope", "allow", "deny", "max_pages", "robots", "sitemaps",
+    "dedupe", "log_format",
 )
 
 

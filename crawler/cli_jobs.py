@@ -117,6 +117,9 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     j = command("jobs", "recent jobs, one line each")
     j.add_argument("--limit", type=int_in(1, MAX_JOBS_LISTED), default=20,
                    help="how many (default 20)")
+    j.add_argument("--purge", type=job_id_arg, metavar="JOB",
+                   help="delete a finished or cancelled job's keys now (else they expire "
+                   "--ttl after its end)")
     return {
         "worker": cmd_worker, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
         "results": cmd_results, "cancel": cmd_control, "pause": cmd_control,
@@ -292,6 +295,10 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.purge:
+        deleted = _with_crawler(args, lambda c: c.purge(args.purge))
+        print(f"job {args.purge}: purged ({deleted} keys deleted)")
+        return EXIT_OK
     for st in _with_crawler(args, lambda c: c.recent(args.limit)):
         print(f"{st.job_id}  {st.state:<9}  {st.done}/{st.total}  ok {st.ok}  failed "
               f"{st.failed}  created {_when(st.created)}")

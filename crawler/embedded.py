@@ -20,6 +20,7 @@ from crawler.jobs import new_job_id
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.ratelimit.sole import SoleRateLimiter
+from crawler.retention import expire_crawl
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
 from crawler.seeding import with_sitemaps
 from crawler.settings import Settings
@@ -94,6 +95,8 @@ async def crawl(
         if out is not None:
             summary.exported = await export(store.iter_records(), out, fmt)
         summary.counters = await store.counters()
+        if settings.redis_url is not None:  # a shared Redis: the crawl's keys expire
+            await expire_crawl(client, settings.key_prefix, store.job_id, settings.ttl)
         return summary
     finally:
         await client.aclose()

@@ -259,7 +259,8 @@ class JobControl:
         for raw in ids:
             try:
                 out.append(await self.status(raw.decode()))
-            except JobNotFound:  # its keys were purged; the index entry is stale
+            except JobNotFound:  # its keys expired or were purged: the index entry goes too
+                await self.client.zrem(jobs_index(self.prefix), raw)
                 continue
         return out
 

@@ -92,6 +92,8 @@ class CrawlOptions(BaseModel):
     bloom_error_rate: float = Field(0.001, ge=1e-9, le=0.1)
 
     # Results
+    # s a job's keys (state, records, dedupe) are kept after it finishes or is cancelled
+    ttl: float = Field(7 * 86_400.0, ge=1, le=10 * 365 * 86_400)
     store_body: bool = False
     body_store_max_bytes: int = Field(1 * MiB, ge=1, le=64 * MiB)
 

@@ -51,6 +51,7 @@ from crawler.options import CrawlOptions
 from crawler.politeness import robots_cache
 from crawler.ratelimit import AsyncRateLimiter, LimiterConfig
 from crawler.ratelimit.fallback import FallbackLimiter
+from crawler.retention import expire_job
 from crawler.robots import RobotsCache
 from crawler.runner import BatchRunner, RunnerOptions
 from crawler.settings import Settings
@@ -391,7 +392,9 @@ class WorkerRuntime:
                     if due:
                         await self._send(job_id, due, "delayed")
                     over, batches = await self.leases.reap(job_id)
-                    if over:
+                    if over:  # no batch holds it: nothing writes to it any more
+                        await expire_job(self.client, self.settings.key_prefix, job_id,
+                                         (await self._options(job_id)).ttl)
                         await self.leases.forget(job_id)
                         self._forget_job(job_id)
                     if batches:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis as redis_sync
 from httpserver import HTTPServer
 
 from crawler import Crawler, JobState
@@ -184,3 +185,54 @@ def test_unknown_job_and_unreachable_redis_are_one_line(cluster: Cluster) -> Non
                          capture_output=True, env=crawler_env("redis://127.0.0.1:1/0"),
                          timeout=60)
     assert res.returncode == 2 and len(res.stderr.decode().strip().splitlines()) == 1
+
+
+def job_keys(cluster: Cluster, job: str) -> list[bytes]:
+    r = redis_sync.Redis.from_url(cluster.redis_url)
+    try:
+        return list(r.scan_iter(match=f"crawler:job:{{{job}}}:*", count=1000))
+    finally:
+        r.close()
+
+
+def test_a_jobs_keys_expire_ttl_after_its_end_and_purge_deletes_them(
+    cluster: Cluster, clean_sites: list[HTTPServer]
+) -> None:
+    # Given a job with a 2-second TTL, crawled to the end
+    urls = urls_for(clean_sites, 60, "ttl")
+    sub = cli(cluster, "submit", "-", "--ttl", "2", "--allow-private-networks",
+              "--batch-size", "20", stdin="\n".join(urls).encode())
+    assert sub.returncode == 0, sub.stderr.decode()
+    job = sub.stdout.decode().split()[-1]
+    assert cli(cluster, "wait", job, "--timeout", "60").returncode == 0
+    assert job_keys(cluster, job)
+    # When its TTL passes (applied once no batch holds the job: the next reaper pass)
+    wait_until(lambda: not job_keys(cluster, job), 60, "the job's keys to expire")
+    # Then no key of it is left, and `crawler jobs` drops it from the index
+    assert job not in cli(cluster, "jobs", "--limit", "200").stdout.decode()
+    r = redis_sync.Redis.from_url(cluster.redis_url)
+    assert r.zscore("crawler:jobs", job) is None
+    r.close()
+
+    # Given another job, ended; `crawler jobs --purge` deletes its keys at once
+    sub = cli(cluster, "submit", "-", "--allow-private-networks",
+              stdin="\n".join(urls_for(clean_sites, 10, "purge")).encode())
+    job = sub.stdout.decode().split()[-1]
+    assert cli(cluster, "wait", job, "--timeout", "60").returncode == 0
+    purged = cli(cluster, "jobs", "--purge", job)
+    assert purged.returncode == 0 and "purged" in purged.stdout.decode()
+    assert not job_keys(cluster, job)
+    gone = cli(cluster, "status", job)
+    assert gone.returncode == 2 and "no job" in gone.stderr.decode()
+
+
+def test_purging_a_running_job_is_refused_in_one_line(
+    api: Crawler, cluster: Cluster, clean_sites: list[HTTPServer]
+) -> None:
+    job = api.submit(urls_for(clean_sites, 100, "purge-running"), qps=20,
+                     allow_private_networks=True, batch_size=20)
+    res = cli(cluster, "jobs", "--purge", job)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "cancel it first" in err and len(err.splitlines()) == 1
+    assert job_keys(cluster, job)
+    api.cancel(job)
