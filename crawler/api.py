@@ -23,10 +23,11 @@ from crawler import loops
 from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
 from crawler.engines import make_engine
-from crawler.errors import JobActive
+from crawler.errors import InputError, JobActive
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
+from crawler.keys import leased_jobs
 from crawler.leases import LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.politeness import polite_fetcher, robots_cache
@@ -80,7 +81,7 @@ class AsyncCrawler:
         policy = LinkPolicy(self.client, self.settings.key_prefix, job_id, opts)
         batch_no = 0
         batches = claimed_batches(urls, store, intake, batch_size, cap=opts.max_pages,
-                                  on_accepted=policy.add_seeds)
+                                  limit=opts.max_queued, on_accepted=policy.add_seeds)
         async with contextlib.AsyncExitStack() as stack:
             if opts.sitemaps:  # read here, through the job's robots cache that workers share
                 engine = await stack.enter_async_context(
@@ -107,6 +108,10 @@ class AsyncCrawler:
         if held:
             send_batches(broker, job_id, held, why="released",
                          queue_type=self.settings.broker_queue_type)
+        if intake.stopped_at is not None:
+            raise InputError(
+                f"job {job_id} holds --max-queued {opts.max_queued} URLs (they run); input "
+                f"from line {intake.stopped_at} on was not read: submit it as another job")
         return job_id
 
     async def submit(self, urls: Iterable[str], *, job_id: str | None = None,
@@ -149,8 +154,11 @@ class AsyncCrawler:
         return after
 
     async def _expire(self, job_id: str) -> None:
+        """An ended job's keys get their expiry now, and it goes on the reapers' list: the
+        first reaper to see no batch holds it sends its finish hooks (worker_runtime)."""
         ttl = CrawlOptions.model_validate(await self.jobs.spec(job_id)).ttl
-        await expire_job(self.client, self.settings.key_prefix, job_id, ttl)
+        if await expire_job(self.client, self.settings.key_prefix, job_id, ttl) is not None:
+            await self.client.sadd(leased_jobs(self.settings.key_prefix), job_id)
 
     async def purge(self, job_id: str) -> int:
         """Delete a finished or cancelled job's keys now; the number deleted. A job still

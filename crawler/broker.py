@@ -102,6 +102,18 @@ def task_label(job_id: str, batch_no: int, why: str, urls: Sequence[str] | None 
     return args, f"why={why} urls={len(urls)} hosts={','.join(named)}{more}"
 
 
+def send_callback(broker_url: str, task_name: str, status: dict[str, object]) -> None:
+    """Send a user's Celery task (a job's `on_finish_task`) with the job's final status; the
+    task runs wherever a worker of the user's own app consumes the default queue."""
+    app = producer_app(broker_url)
+    try:
+        app.send_task(task_name, args=[status], queue="celery", retry=True,
+                      retry_policy=PUBLISH_RETRY)
+    except OperationalError as exc:
+        raise BackendUnavailable(f"cannot reach the broker at {mask_url(broker_url)}: "
+                                 f"{exc}") from None
+
+
 def send_batches(broker_url: str, job_id: str, batch_nos: Iterable[int], *, why: str,
                  urls: Sequence[str] | None = None, queue_type: QueueType = "classic") -> int:
     """Enqueue `crawler.fetch_batch(job_id, n)` for each n over one broker connection.

@@ -136,6 +136,10 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="allow one private network through the SSRF guard (repeatable)")
     g.add_argument("--store-body", action="store_const", const=True,
                    help="keep bodies in Redis (capped, compressed)")
+    g.add_argument("--on-finish", metavar="URL",
+                   help="POST the job's final status (JSON) to this URL when it ends")
+    g.add_argument("--on-finish-task", metavar="NAME",
+                   help="send this Celery task with the job's final status when it ends")
     g.add_argument("--ttl", type=float, metavar="SECONDS",
                    help="keep the job's keys and results this long after it ends (default "
                    "604800: 7 days)")
@@ -150,6 +154,9 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="never follow links matching this (repeatable)")
     f.add_argument("--max-pages", type=int_in(0, 10**12), metavar="N",
                    help="at most N URLs in the job, input URLs included (0 = no limit)")
+    f.add_argument("--max-queued", type=int_in(0, 10**12), metavar="N",
+                   help="submit: stop reading input once the job holds N URLs and say at "
+                   "which line (default 10,000,000; 0 = no limit)")
     f.add_argument("--robots", choices=["auto", "obey", "ignore"],
                    help="robots.txt: auto (default) obeys it when following links, obey "
                    "always, ignore never")
@@ -177,8 +184,8 @@ SETTINGS_FLAGS = (
     "redis_url", "log_level", "mode", "qps", "burst", "per_host_qps", "per_host_burst",
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
-    "store_body", "ttl", "depth", "scope", "allow", "deny", "max_pages", "robots", "sitemaps",
-    "dedupe", "log_format",
+    "store_body", "on_finish", "on_finish_task", "ttl", "depth", "scope", "allow", "deny",
+    "max_pages", "max_queued", "robots", "sitemaps", "dedupe", "log_format",
 )
 
 

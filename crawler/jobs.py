@@ -162,6 +162,7 @@ class JobControl:
         self._release = lua_script(client, "release_held.lua")
         self._delay = lua_script(client, "delay_batch.lua")
         self._promote = lua_script(client, "promote_delayed.lua")
+        self._live = lua_script(client, "job_live.lua")
 
     def key(self, job_id: str, name: str) -> str:
         return job_key(self.prefix, job_id, name)
@@ -243,15 +244,17 @@ class JobControl:
             spec=spec,
         )
 
+    async def claim_finish_notice(self, job_id: str) -> bool:
+        """True for exactly one caller per job: the one that sends its finish hooks."""
+        return bool(await self.client.hsetnx(self.key(job_id, "meta"), "notified",
+                                             int(time.time() * 1000)))
+
     async def report_live(self, job_id: str, worker: str, *, inflight: int,
                           hosts: dict[str, int]) -> None:
         """A worker's once-a-second report for live views (`crawler status --watch`)."""
-        key = self.key(job_id, "live")
         report = {"t": int(time.time() * 1000), "inflight": inflight, "hosts": hosts}
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, worker, orjson.dumps(report))
-        pipe.pexpire(key, LIVE_TTL_MS)
-        await pipe.execute()
+        await self._live(keys=[self.key(job_id, "live"), self.key(job_id, "meta")],
+                         args=[worker, orjson.dumps(report), LIVE_TTL_MS])
 
     async def recent(self, limit: int = 20) -> list[JobStatus]:
         ids = await self.client.zrevrange(jobs_index(self.prefix), 0, limit - 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -80,6 +81,9 @@ class CrawlOptions(BaseModel):
     allow: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, any must match
     deny: list[str] = Field(default_factory=list, max_length=100)  # URL regexes, none may match
     max_pages: int = Field(0, ge=0, le=10**12)  # URLs in the job, seeds included; 0 = any
+    # `submit` reads at most this many new URLs into a job's queue (138 B each in Redis), and
+    # says where it stopped; 0 = any
+    max_queued: int = Field(10_000_000, ge=0, le=10**12)
     robots: Literal["auto", "obey", "ignore"] = "auto"  # auto: obey when following links
     robots_ttl: float = Field(86_400.0, gt=0, le=30 * 86_400)  # s a fetched robots.txt is reused
     robots_hold: float = Field(30.0, gt=0, le=86_400)  # s a host waits after robots.txt 5xx/timeout
@@ -96,6 +100,19 @@ class CrawlOptions(BaseModel):
     ttl: float = Field(7 * 86_400.0, ge=1, le=10 * 365 * 86_400)
     store_body: bool = False
     body_store_max_bytes: int = Field(1 * MiB, ge=1, le=64 * MiB)
+    # When the job ends (finished or cancelled): POST its final status JSON to this URL
+    # (crawler/hooks.py), and/or send this Celery task by name with the status as argument
+    on_finish: str | None = Field(None, max_length=2048)
+    on_finish_task: str | None = Field(None, pattern=r"^[A-Za-z_][\w.:-]{0,200}$")
+
+    @field_validator("on_finish")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+        return v
 
     @field_validator("allowed_networks")
     @classmethod

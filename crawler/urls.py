@@ -291,6 +291,8 @@ class IntakeStats:
     # Why reading stopped before the end (an I/O error): the input ended there, and what was
     # accepted before it stands. None when the input was read to its end.
     read_error: str | None = None
+    # The line a submit stopped reading at, its job holding --max-queued URLs (None: not hit).
+    stopped_at: int | None = None
     by_reason: Counter[RejectReason] = field(default_factory=Counter)
     examples: list[Rejected] = field(default_factory=list)
 

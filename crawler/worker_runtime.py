@@ -37,12 +37,13 @@ from pydantic import ValidationError
 
 from crawler import gcpause, loops
 from crawler.backend import outage_of, redis_client, server_uptime
-from crawler.broker import send_batches
+from crawler.broker import send_batches, send_callback
 from crawler.engines import make_engine
 from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
 from crawler.errors import JobNotFound
 from crawler.frontier import LinkPolicy, QueueFrontier
+from crawler.hooks import post_status
 from crawler.jobs import LIVE_HOSTS, JobControl
 from crawler.keys import job_key
 from crawler.leases import Leases, LeaseTiming
@@ -118,6 +119,7 @@ class WorkerRuntime:
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
         self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}
+        self._hooks: set[asyncio.Future[bool]] = set()  # finish hooks being posted
         self.policies: dict[str, LinkPolicy] = {}  # per job: scope keys known in scope
         self.robots: dict[str, RobotsCache | None] = {}  # per job: robots.txt answers
         self.running: dict[str, dict[int, tuple[str, BatchRunner]]] = defaultdict(dict)
@@ -393,8 +395,7 @@ class WorkerRuntime:
                         await self._send(job_id, due, "delayed")
                     over, batches = await self.leases.reap(job_id)
                     if over:  # no batch holds it: nothing writes to it any more
-                        await expire_job(self.client, self.settings.key_prefix, job_id,
-                                         (await self._options(job_id)).ttl)
+                        await self._job_over(job_id)
                         await self.leases.forget(job_id)
                         self._forget_job(job_id)
                     if batches:
@@ -403,6 +404,29 @@ class WorkerRuntime:
                         await self._send(job_id, batches, "reaped")
             except Exception as exc:  # e.g. the broker is down: the claims run out, retried
                 log.warning("reaper pass failed: %s", exc)
+
+    async def _job_over(self, job_id: str) -> None:
+        """An ended job that no batch holds: its keys get their expiry (`ttl` after its end)
+        and its finish hooks are sent, once across all workers."""
+        try:
+            options = await self._options(job_id)
+        except JobNotFound:
+            return  # its keys are gone already (expired or purged)
+        await expire_job(self.client, self.settings.key_prefix, job_id, options.ttl)
+        if not (options.on_finish or options.on_finish_task):
+            return
+        if not await self.jobs.claim_finish_notice(job_id):
+            return
+        status = (await self.jobs.status(job_id)).to_dict()
+        if options.on_finish_task:
+            await self.loop.run_in_executor(None, partial(
+                send_callback, self._broker(), options.on_finish_task, status))
+        if options.on_finish:
+            task = asyncio.ensure_future(post_status(
+                options.on_finish, status, allow_private=options.allow_private_networks,
+                allowed_networks=options.allowed_networks, verify_tls=not options.insecure))
+            self._hooks.add(task)  # retried for about 30 s: the reaper goes on meanwhile
+            task.add_done_callback(self._hooks.discard)
 
     async def _owners_had_their_chance(self) -> bool:
         """A lease may only be judged after its owner could renew it for a whole lease: not

@@ -57,3 +57,17 @@ async def test_an_embedded_crawls_keys_expire_from_now(client: aioredis.Redis) -
     await client.sadd("crawler:job:{e1}:seen", "a")
     await expire_crawl(client, P, "e1", ttl=60)
     assert 0 < await client.pttl("crawler:job:{e1}:seen") <= 60_000
+
+
+async def test_a_late_live_report_does_not_outlive_the_jobs_expiry(
+        client: aioredis.Redis) -> None:
+    jobs = JobControl(client, P)
+    await jobs.create("j4", {})
+    await jobs.report_live("j4", "w1", inflight=3, hosts={})
+    live = jobs.key("j4", "live")
+    assert 0 < await client.pttl(live) <= 60_000  # a running job's report: 60 s
+    await client.hset(jobs.key("j4", "meta"), mapping={
+        "state": "finished", "finished": int(time.time() * 1000)})
+    await expire_job(client, P, "j4", ttl=5)
+    await jobs.report_live("j4", "w1", inflight=0, hosts={})  # the batch's last report
+    assert 0 < await client.pttl(live) <= 5_000

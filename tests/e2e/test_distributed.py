@@ -4,9 +4,11 @@ HTTP servers on 127.0.0.2-4, jobs driven through the CLI and the Python API."""
 from __future__ import annotations
 
 import bisect
+import http.server
 import itertools
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -207,7 +209,12 @@ def test_a_jobs_keys_expire_ttl_after_its_end_and_purge_deletes_them(
     assert cli(cluster, "wait", job, "--timeout", "60").returncode == 0
     assert job_keys(cluster, job)
     # When its TTL passes (applied once no batch holds the job: the next reaper pass)
-    wait_until(lambda: not job_keys(cluster, job), 60, "the job's keys to expire")
+    try:
+        wait_until(lambda: not job_keys(cluster, job), 60, "the job's keys to expire")
+    except AssertionError:
+        r = redis_sync.Redis.from_url(cluster.redis_url)
+        left = {k.decode(): r.pttl(k) for k in job_keys(cluster, job)}
+        raise AssertionError(f"keys left (name: ms to live): {left}") from None
     # Then no key of it is left, and `crawler jobs` drops it from the index
     assert job not in cli(cluster, "jobs", "--limit", "200").stdout.decode()
     r = redis_sync.Redis.from_url(cluster.redis_url)
@@ -236,3 +243,101 @@ def test_purging_a_running_job_is_refused_in_one_line(
     assert res.returncode == 2 and "cancel it first" in err and len(err.splitlines()) == 1
     assert job_keys(cluster, job)
     api.cancel(job)
+
+
+def test_max_queued_stops_the_input_at_a_named_line_and_the_accepted_part_runs(
+    api: Crawler, cluster: Cluster, clean_sites: list[HTTPServer]
+) -> None:
+    # Given 40 URLs (each of the first 10 twice: duplicates do not count) and --max-queued 25
+    urls = urls_for(clean_sites, 40, "max-queued")
+    lines = urls[:10] + urls[:10] + urls[10:]
+    res = cli(cluster, "submit", "-", "--max-queued", "25", "--allow-private-networks",
+              stdin="\n".join(lines).encode())
+    # Then submit fails in one line naming the job and the first line it did not read
+    err = res.stderr.decode().strip().splitlines()[-1]
+    assert res.returncode == 2
+    assert "--max-queued 25" in err and "from line 36 on was not read" in err
+    job = err.split()[3]
+    # and the 25 accepted URLs run to the end, nothing beyond them
+    st = api.wait(job, timeout=60)
+    assert st.state is JobState.FINISHED and st.total == 25 and st.done == 25
+    assert {r["url"] for r in api.results(job)} == set(urls[:25])
+
+
+class HookReceiver:
+    """A webhook endpoint on 127.0.0.5: answers the first POST with 503, then 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, object]] = []
+        self.answers: list[int] = []
+        self.got = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                code = 503 if not receiver.answers else 200
+                receiver.answers.append(code)
+                receiver.bodies.append(orjson.loads(body))
+                self.send_response(code)
+                self.end_headers()
+                if code == 200:
+                    receiver.got.set()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.5", 0), Handler)
+        self.url = f"http://127.0.0.5:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[HookReceiver]:
+    receiver = HookReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_on_finish_posts_the_final_status_once_retrying_a_503(
+    api: Crawler, cluster: Cluster, clean_sites: list[HTTPServer], hook: HookReceiver
+) -> None:
+    # Given a job with a finish hook whose endpoint fails once, and a callback task
+    job = api.submit(urls_for(clean_sites, 30, "hook"), allow_private_networks=True,
+                     batch_size=10, on_finish=hook.url, on_finish_task="myapp.crawl_done")
+    assert api.wait(job, timeout=60).state is JobState.FINISHED
+    # Then one worker posts the final status, again after the 503, and sends the task
+    assert hook.got.wait(60), hook.answers
+    assert hook.answers == [503, 200]
+    final = hook.bodies[-1]
+    assert final["job_id"] == job and final["state"] == "finished" and final["done"] == 30
+    r = redis_sync.Redis.from_url(cluster.redis_url)
+    wait_until(lambda: r.llen("celery") > 0, 30, "the callback task on the broker")
+    message = orjson.loads(r.lindex("celery", 0))
+    assert message["headers"]["task"] == "myapp.crawl_done"
+    r.delete("celery")
+    r.close()
+
+
+def test_on_finish_posts_a_cancelled_jobs_status(
+    api: Crawler, clean_sites: list[HTTPServer], hook: HookReceiver
+) -> None:
+    hook.answers.append(0)  # no 503 this time
+    job = api.submit(urls_for(clean_sites, 200, "hook-cancel"), qps=20,
+                     allow_private_networks=True, batch_size=20, on_finish=hook.url)
+    wait_until(lambda: api.status(job).done >= 10, 60, "10 records")
+    api.cancel(job)
+    assert hook.got.wait(60)
+    final = hook.bodies[-1]
+    assert final["job_id"] == job and final["state"] == "cancelled"
+    assert final["done"] + final["cancelled"] == 200
+
+
+def test_an_on_finish_url_that_is_not_http_is_one_line(cluster: Cluster) -> None:
+    res = cli(cluster, "submit", "-", "--on-finish", "ftp://x/", stdin=b"http://127.0.0.2/\n")
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "on_finish" in err and len(err.strip().splitlines()) == 1
