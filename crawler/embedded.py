@@ -16,6 +16,7 @@ from crawler.engines import make_engine
 from crawler.export import Format, export
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy, LocalFrontier
+from crawler.hooks import post_status
 from crawler.jobs import new_job_id
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
@@ -97,6 +98,12 @@ async def crawl(
         summary.counters = await store.counters()
         if settings.redis_url is not None:  # a shared Redis: the crawl's keys expire
             await expire_crawl(client, settings.key_prefix, store.job_id, settings.ttl)
+        if settings.on_finish:  # the same hook as a distributed job's, with the counters
+            await post_status(
+                settings.on_finish, {"job_id": store.job_id, "state": "finished",
+                                     **summary.counters},
+                allow_private=settings.allow_private_networks,
+                allowed_networks=settings.allowed_networks, verify_tls=not settings.insecure)
         return summary
     finally:
         await client.aclose()

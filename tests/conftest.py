@@ -13,7 +13,7 @@ from redistopo import RedisClusterServers
 
 from crawler.backend import redis_client
 
-pytest_plugins = ["httpserver", "siteserver"]
+pytest_plugins = ["httpserver", "siteserver", "hookserver"]
 
 
 @pytest.fixture(scope="session")

@@ -104,3 +104,12 @@ def test_sitemaps_seed_the_listed_pages(site: SiteServer, tmp_path: Path) -> Non
     for r in records:
         allowed = rules is None or rules.can_fetch(r["url"], "crawler/0.1")
         assert (r["error"] == "robots_disallowed") == (not allowed), r
+
+
+def test_on_finish_posts_the_crawls_counters(site: SiteServer, tmp_path: Path,
+                                             hook: Any) -> None:
+    hook.answers.append(0)  # answer 200 at once
+    records, _stats, _err = crawl(site, tmp_path, "--on-finish", hook.url)
+    assert hook.got.wait(10)
+    (final,) = hook.bodies
+    assert final["state"] == "finished" and final["done"] == len(records) > 0

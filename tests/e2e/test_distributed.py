@@ -4,11 +4,9 @@ HTTP servers on 127.0.0.2-4, jobs driven through the CLI and the Python API."""
 from __future__ import annotations
 
 import bisect
-import http.server
 import itertools
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis as redis_sync
+from hookserver import HookReceiver
 from httpserver import HTTPServer
 
 from crawler import Crawler, JobState
@@ -262,45 +261,6 @@ def test_max_queued_stops_the_input_at_a_named_line_and_the_accepted_part_runs(
     st = api.wait(job, timeout=60)
     assert st.state is JobState.FINISHED and st.total == 25 and st.done == 25
     assert {r["url"] for r in api.results(job)} == set(urls[:25])
-
-
-class HookReceiver:
-    """A webhook endpoint on 127.0.0.5: answers the first POST with 503, then 200."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, object]] = []
-        self.answers: list[int] = []
-        self.got = threading.Event()
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                code = 503 if not receiver.answers else 200
-                receiver.answers.append(code)
-                receiver.bodies.append(orjson.loads(body))
-                self.send_response(code)
-                self.end_headers()
-                if code == 200:
-                    receiver.got.set()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.5", 0), Handler)
-        self.url = f"http://127.0.0.5:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hook() -> Iterator[HookReceiver]:
-    receiver = HookReceiver()
-    yield receiver
-    receiver.close()
 
 
 def test_on_finish_posts_the_final_status_once_retrying_a_503(
