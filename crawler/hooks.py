@@ -16,11 +16,12 @@ import asyncio
 import logging
 import random
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from crawler.engines.aio import tls_context
-from crawler.guard import AiohttpGuardResolver, Guard, SystemResolver
+from crawler.guard import AiohttpGuardResolver, BlockedAddress, Guard, SystemResolver
 from crawler.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,14 @@ async def post_status(url: str, status: dict[str, Any], *, allow_private: bool,
     or every attempt failed (logged, credentials masked)."""
     guard = Guard(SystemResolver(), allow_private=allow_private,
                   allowed_networks=allowed_networks)
+    where = mask_url(url)
+    try:  # aiohttp resolves names through the guard, but connects to an IP literal directly
+        guard.check_literal(urlsplit(url).hostname or "")
+    except BlockedAddress as exc:
+        log.warning("finish hook %s for job %s not sent: %s", where, status.get("job_id"), exc)
+        return False
     connector = aiohttp.TCPConnector(resolver=AiohttpGuardResolver(guard),
                                      ssl=tls_context(verify_tls))
-    where = mask_url(url)
     async with aiohttp.ClientSession(connector=connector, trust_env=False,
                                      timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
         for attempt in range(attempts):

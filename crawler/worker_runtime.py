@@ -418,15 +418,19 @@ class WorkerRuntime:
         if not await self.jobs.claim_finish_notice(job_id):
             return
         status = (await self.jobs.status(job_id)).to_dict()
-        if options.on_finish_task:
-            await self.loop.run_in_executor(None, partial(
-                send_callback, self._broker(), options.on_finish_task, status))
         if options.on_finish:
             task = asyncio.ensure_future(post_status(
                 options.on_finish, status, allow_private=options.allow_private_networks,
                 allowed_networks=options.allowed_networks, verify_tls=not options.insecure))
             self._hooks.add(task)  # retried for about 30 s: the reaper goes on meanwhile
             task.add_done_callback(self._hooks.discard)
+        if options.on_finish_task:
+            try:
+                await self.loop.run_in_executor(None, partial(
+                    send_callback, self._broker(), options.on_finish_task, status))
+            except Exception as exc:  # the notice is claimed: say it, do not fail the pass
+                log.warning("job %s: finish task %s not sent: %s", job_id,
+                            options.on_finish_task, exc)
 
     async def _owners_had_their_chance(self) -> bool:
         """A lease may only be judged after its owner could renew it for a whole lease: not
