@@ -99,11 +99,8 @@ async def crawl(
         if settings.redis_url is not None:  # a shared Redis: the crawl's keys expire
             await expire_crawl(client, settings.key_prefix, store.job_id, settings.ttl)
         if settings.on_finish:  # the same hook as a distributed job's, with the counters
-            await post_status(
-                settings.on_finish, {"job_id": store.job_id, "state": "finished",
-                                     **summary.counters},
-                allow_private=settings.allow_private_networks,
-                allowed_networks=settings.allowed_networks, verify_tls=not settings.insecure)
+            await post_status(settings.on_finish, {"job_id": store.job_id, "state": "finished",
+                                                   **summary.counters}, settings.fetch_config())
         return summary
     finally:
         await client.aclose()

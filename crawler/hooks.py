@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from crawler.engines.aio import tls_context
+from crawler.engines.config import FetchConfig
 from crawler.guard import AiohttpGuardResolver, BlockedAddress, Guard, SystemResolver
 from crawler.settings import mask_url
 
@@ -33,13 +34,13 @@ TIMEOUT = 10.0  # s for one attempt
 RETRIED_4XX = frozenset({408, 429})
 
 
-async def post_status(url: str, status: dict[str, Any], *, allow_private: bool,
-                      allowed_networks: list[str], verify_tls: bool = True,
+async def post_status(url: str, status: dict[str, Any], config: FetchConfig, *,
                       attempts: int = ATTEMPTS, backoff: float = BACKOFF_BASE) -> bool:
-    """POST `status` as JSON to `url`; True once a 2xx came back, False when it was refused
-    or every attempt failed (logged, credentials masked)."""
-    guard = Guard(SystemResolver(), allow_private=allow_private,
-                  allowed_networks=allowed_networks)
+    """POST `status` as JSON to `url` under the job's own fetch policy (`config`: its SSRF
+    guard and TLS verification, as its engines apply them); True once a 2xx came back, False
+    when it was refused or every attempt failed (logged, credentials masked)."""
+    guard = Guard(SystemResolver(), allow_private=config.allow_private_networks,
+                  allowed_networks=config.allowed_networks)
     where = mask_url(url)
     try:  # aiohttp resolves names through the guard, but connects to an IP literal directly
         guard.check_literal(urlsplit(url).hostname or "")
@@ -47,7 +48,7 @@ async def post_status(url: str, status: dict[str, Any], *, allow_private: bool,
         log.warning("finish hook %s for job %s not sent: %s", where, status.get("job_id"), exc)
         return False
     connector = aiohttp.TCPConnector(resolver=AiohttpGuardResolver(guard),
-                                     ssl=tls_context(verify_tls))
+                                     ssl=tls_context(config.verify_tls))
     async with aiohttp.ClientSession(connector=connector, trust_env=False,
                                      timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
         for attempt in range(attempts):

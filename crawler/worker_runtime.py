@@ -419,9 +419,8 @@ class WorkerRuntime:
             return
         status = (await self.jobs.status(job_id)).to_dict()
         if options.on_finish:
-            task = asyncio.ensure_future(post_status(
-                options.on_finish, status, allow_private=options.allow_private_networks,
-                allowed_networks=options.allowed_networks, verify_tls=not options.insecure))
+            task = asyncio.ensure_future(post_status(options.on_finish, status,
+                                                     options.fetch_config()))
             self._hooks.add(task)  # retried for about 30 s: the reaper goes on meanwhile
             task.add_done_callback(self._hooks.discard)
         if options.on_finish_task:
