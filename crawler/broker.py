@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from crawler.errors import BackendUnavailable
 from crawler.jobs import LINK_BATCH_BASE
 from crawler.redis_urls import kombu_broker
-from crawler.settings import AMQP_SCHEMES, mask_url
+from crawler.settings import is_amqp, mask_url
 from crawler.work import host_of
 
 FETCH_BATCH = "crawler.fetch_batch"  # the stable task name workers register
@@ -29,11 +29,6 @@ QUEUE = "crawler"  # the queue `crawler worker` consumes
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 LABEL_HOSTS = 3  # hosts named in a task's label; the rest are counted
 QueueType = Literal["classic", "quorum"]  # RabbitMQ queue types (README, "RabbitMQ")
-
-
-def is_amqp(broker_url: str) -> bool:
-    """Whether the broker is RabbitMQ (AMQP) rather than Redis."""
-    return urlsplit(broker_url).scheme in AMQP_SCHEMES
 
 
 def task_queue(queue_type: QueueType) -> Queue:

@@ -40,6 +40,11 @@ BROKER_SCHEMES = SINGLE_SCHEMES | {"redis+sentinel", "rediss+sentinel", "amqp", 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
+def is_amqp(broker_url: str) -> bool:
+    """Whether the broker is RabbitMQ (AMQP) rather than Redis."""
+    return urlsplit(broker_url).scheme in AMQP_SCHEMES
+
+
 class Settings(BaseSettings, CrawlOptions):
     """Everything a crawl, a worker or the CLI can be told. Immutable once loaded."""
 
@@ -97,8 +102,7 @@ class Settings(BaseSettings, CrawlOptions):
     @field_validator("broker_queue_type")
     @classmethod
     def _quorum_needs_amqp(cls, v: str, info: ValidationInfo) -> str:
-        broker = info.data.get("broker_url") or ""
-        if v == "quorum" and urlsplit(broker).scheme not in AMQP_SCHEMES:
+        if v == "quorum" and not is_amqp(info.data.get("broker_url") or ""):
             raise ValueError("quorum queues need a RabbitMQ broker (broker_url = amqp://...)")
         return v
 

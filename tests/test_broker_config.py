@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from crawler.broker import celery_config, is_amqp
+from crawler.broker import celery_config
 from crawler.errors import ConfigError
-from crawler.settings import load_settings
+from crawler.settings import is_amqp, load_settings
 
 
 def test_a_sentinel_broker_becomes_kombus_form_with_its_master() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging as celery_setup_logging
 
-from crawler.broker import celery_config, is_amqp
+from crawler.broker import celery_config
 from crawler.logs import setup_logging
-from crawler.settings import load_settings
+from crawler.settings import is_amqp, load_settings
 
 settings = load_settings()
 
