@@ -27,8 +27,7 @@ from crawler.errors import InputError, JobActive
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
-from crawler.keys import leased_jobs
-from crawler.leases import LeaseTiming
+from crawler.leases import Leases, LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
@@ -51,6 +50,8 @@ class AsyncCrawler:
         self.client = redis_client(self.settings.shared_redis_url, name="crawler-client",
                                    patience=self.settings.redis_patience)
         self.jobs = JobControl(self.client, self.settings.key_prefix)
+        self.leases = Leases(self.client, self.settings.key_prefix,
+                             LeaseTiming(self.settings.lease_seconds))
         self._checked = False
 
     async def _ready(self) -> None:
@@ -97,17 +98,14 @@ class AsyncCrawler:
                 pipe = self.client.pipeline(transaction=False)
                 self.jobs.add_batch(pipe, job_id, batch_no, batch)
                 await pipe.execute()
-                send_batches(broker, job_id, [batch_no], why="submitted", urls=batch,
-                             queue_type=self.settings.broker_queue_type)
+                self._send(job_id, [batch_no], "submitted", urls=batch)
                 batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
         await self._expire(job_id)  # a job with nothing to fetch ended at once
         # Found-link batches held until the seeds were all in (a level barrier): send them.
-        held = await self.jobs.release_held(job_id, lease_ms=LeaseTiming(
-            self.settings.lease_seconds).pending_ms)
+        held = await self.jobs.release_held(job_id, lease_ms=self.leases.timing.pending_ms)
         if held:
-            send_batches(broker, job_id, held, why="released",
-                         queue_type=self.settings.broker_queue_type)
+            self._send(job_id, held, "released")
         if intake.stopped_at is not None:
             raise InputError(
                 f"job {job_id} holds --max-queued {opts.max_queued} URLs (they run); input "
@@ -149,21 +147,24 @@ class AsyncCrawler:
         if after is JobState.CANCELLED:  # its keys expire `ttl` after now (README, "Redis keys")
             await self._expire(job_id)
         if requeue:
-            send_batches(self.settings.shared_broker_url, job_id, requeue, why="resumed",
-                         queue_type=self.settings.broker_queue_type)
+            self._send(job_id, requeue, "resumed")
         return after
+
+    def _send(self, job_id: str, batch_nos: list[int], why: str,
+              urls: list[str] | None = None) -> None:
+        send_batches(self.settings.shared_broker_url, job_id, batch_nos, why=why, urls=urls,
+                     queue_type=self.settings.broker_queue_type)
 
     async def _expire(self, job_id: str) -> None:
         """An ended job's keys get their expiry now, and it goes on the reapers' list: the
         first reaper to see no batch holds it sends its finish hooks (worker_runtime)."""
         ttl = CrawlOptions.model_validate(await self.jobs.spec(job_id)).ttl
         if await expire_job(self.client, self.settings.key_prefix, job_id, ttl) is not None:
-            await self.client.sadd(leased_jobs(self.settings.key_prefix), job_id)
+            await self.leases.mark([job_id])
 
     async def purge(self, job_id: str) -> int:
         """Delete a finished or cancelled job's keys now; the number deleted. A job still
         queued, running or paused is refused (JobActive): cancel it first."""
-        await self._ready()
         st = await self.status(job_id)
         if st.state not in TERMINAL:
             raise JobActive(f"job {job_id} is {st.state}: cancel it first")
