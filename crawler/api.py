@@ -24,6 +24,7 @@ from crawler.backend import check_redis, redis_client
 from crawler.broker import check_broker, send_batches
 from crawler.engines import make_engine
 from crawler.errors import InputError, JobActive
+from crawler.extract import check_extract
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy
 from crawler.jobs import TERMINAL, JobControl, JobState, JobStatus, check_job_id, new_job_id
@@ -74,6 +75,8 @@ class AsyncCrawler:
         broker = self.settings.shared_broker_url
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, check_broker, broker)  # before any state is written
+        if (options or self.settings).extract is not None:  # workers import it the same way
+            check_extract((options or self.settings).extract or "")
         job_id = check_job_id(job_id) if job_id else new_job_id()
         intake = intake or IntakeStats()
         await self.jobs.create(job_id, spec)

@@ -134,8 +134,17 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="allow loopback/private/link-local targets (SSRF guard off)")
     g.add_argument("--allow-network", dest="allowed_networks", action="append", metavar="CIDR",
                    help="allow one private network through the SSRF guard (repeatable)")
+    g.add_argument("--proxy", metavar="URL",
+                   help="send every request through this proxy: http://, https://, socks4:// "
+                   "or socks5:// [user:password@]host:port (the proxy resolves names)")
+    g.add_argument("--cookies", action="store_const", const=True,
+                   help="keep a cookie jar per job (per worker process, not shared across "
+                   "machines); default: no cookies")
     g.add_argument("--store-body", action="store_const", const=True,
                    help="keep bodies in Redis (capped, compressed)")
+    g.add_argument("--extract", metavar="MODULE:FUNCTION",
+                   help="run this function (package.module:function) on every 2xx page: "
+                   "its dict becomes the record's data (workers import it: PYTHONPATH)")
     g.add_argument("--on-finish", metavar="URL",
                    help="POST the job's final status (JSON) to this URL when it ends")
     g.add_argument("--on-finish-task", metavar="NAME",
@@ -184,8 +193,9 @@ SETTINGS_FLAGS = (
     "redis_url", "log_level", "mode", "qps", "burst", "per_host_qps", "per_host_burst",
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
-    "store_body", "on_finish", "on_finish_task", "ttl", "depth", "scope", "allow", "deny",
-    "max_pages", "max_queued", "robots", "sitemaps", "dedupe", "log_format",
+    "proxy", "cookies", "store_body", "extract", "on_finish", "on_finish_task", "ttl", "depth",
+    "scope", "allow", "deny", "max_pages", "max_queued", "robots", "sitemaps", "dedupe",
+    "log_format",
 )
 
 

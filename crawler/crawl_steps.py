@@ -16,7 +16,7 @@ from crawler.pacing import MIN_RETRY_GAP
 from crawler.records import ErrorClass, FetchResult
 from crawler.robots import Kind, RobotsRules, origin_of
 from crawler.store import PendingRecord
-from crawler.work import Frontier, RunStats, Work, host_of
+from crawler.work import Frontier, RunStats, Work
 
 if TYPE_CHECKING:
     from crawler.runner import BatchRunner
@@ -120,7 +120,7 @@ class CrawlSteps:
             by_depth.setdefault(w.depth, []).append(w)
         for depth, group in by_depth.items():
             try:
-                await self.r.defer([w.url for w in group], depth, wait)
+                await self.r.defer([w.entry for w in group], depth, wait)
             except Exception as exc:  # keep them here: slower, never lost
                 _hand_off_errors.log(log, logging.WARNING, "could not hand %d URLs of %s back: %s",
                                      len(group), host, exc)
@@ -142,7 +142,7 @@ class CrawlSteps:
         fresh = await frontier.add(pages)
         self.stats.links_found += sum(len(links) for _, links in pages)
         self.stats.links_new += len(fresh)
-        for url, depth in fresh:
-            self._admit_work(Work(url, host_of(url), depth))
+        for entry, depth in fresh:
+            self._admit_work(Work.of(entry, depth))
         for item in batch:
             item.links = None

@@ -6,6 +6,7 @@ run on an in-process fakeredis, so `crawler crawl` needs no server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import IO, Any
 from crawler.backend import check_redis, redis_client
 from crawler.engines import make_engine
 from crawler.export import Format, export
+from crawler.extract import Extractor, check_extract
 from crawler.feed import claimed_batches
 from crawler.frontier import LinkPolicy, LocalFrontier
 from crawler.hooks import post_status
@@ -59,6 +61,7 @@ async def crawl(
     intake = intake or IntakeStats()
     client = redis_client(settings.redis_url, patience=settings.redis_patience,
                           name="crawler-crawl")
+    stack = contextlib.ExitStack()
     try:
         await check_redis(client, settings.redis_url)
         bloom = settings.bloom_params()
@@ -76,12 +79,16 @@ async def crawl(
                    else AsyncRateLimiter(client, limiter_config))
         policy = LinkPolicy(client, settings.key_prefix, store.job_id, settings)
         frontier = LocalFrontier(store, policy, settings) if settings.follows_links else None
+        extractor = None
+        if settings.extract is not None:
+            check_extract(settings.extract)  # before any fetch: one line, exit 2
+            extractor = stack.enter_context(contextlib.closing(Extractor(settings.extract)))
         async with make_engine(settings.mode, settings.fetch_config()) as engine:
             robots = robots_cache(client, settings.key_prefix, store.job_id, settings, engine,
                                   limiter)
             runner = BatchRunner(engine, limiter, RunnerOptions.for_job(
                 settings, concurrency=settings.concurrency, worker=settings.worker_label),
-                frontier=frontier, robots=robots)
+                frontier=frontier, robots=robots, extractor=extractor)
             if on_start is not None:
                 on_start(runner)
             seeds = claimed_batches(urls, store, intake, INTAKE_BATCH, cap=settings.max_pages,
@@ -103,4 +110,5 @@ async def crawl(
                                                    **summary.counters}, settings.fetch_config())
         return summary
     finally:
+        stack.close()
         await client.aclose()

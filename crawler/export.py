@@ -9,7 +9,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from crawler.records import CSV_FIELDS
+from crawler.records import CSV_FIELDS, CSV_JSON_FIELDS
 
 Format = Literal["jsonl", "csv"]
 
@@ -36,6 +36,9 @@ async def export(records: AsyncIterable[dict[str, Any]], out: IO[bytes], fmt: Fo
         writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         async for rec in records:
+            for name in CSV_JSON_FIELDS:
+                if rec.get(name) is not None:
+                    rec[name] = orjson.dumps(rec[name]).decode()
             writer.writerow(rec)
             n += 1
         text.flush()

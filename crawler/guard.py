@@ -183,11 +183,16 @@ class Guard:
         allow_private: bool,
         allowed_networks: Iterable[str | IPNetwork] = (),
         cache_ttl: float = 0,
+        trusted_hosts: Iterable[str] = (),
     ) -> None:
         self.resolver = resolver
         self.allow_private = allow_private
         self.allowed_networks = parse_networks(allowed_networks)
         self.cache_ttl = cache_ttl
+        # The job's proxy: the user named it, so its address is never refused (a proxy on
+        # 127.0.0.1 is common). Only connections to the proxy resolve it; targets behind it
+        # are checked by check_literal (IP literals) and resolved by the proxy.
+        self.trusted_hosts = frozenset(_norm(h.strip("[]")) for h in trusted_hosts)
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._lock = threading.Lock()
         # Host string -> verdict of check_literal. The policy is fixed for the Guard's life,
@@ -238,13 +243,26 @@ class Guard:
         literal = self.check_literal(host)
         return [literal] if literal is not None else self._cached(host, port)
 
+    def _trusted(self, host: str) -> list[str] | None:
+        """[the address] of a trusted IP literal, [] for a trusted name, None if untrusted."""
+        if not self.trusted_hosts or _norm(host.strip("[]")) not in self.trusted_hosts:
+            return None
+        addr = ip_literal(host)
+        return [] if addr is None else [str(addr)]
+
     async def resolve(self, host: str, port: int) -> list[str]:
+        trusted = self._trusted(host)
+        if trusted is not None:
+            return trusted or await self.resolver.resolve(host, port)
         known = self._known(host, port)
         if known is not None:
             return known
         return self._store(host, port, self.allowed(host, await self.resolver.resolve(host, port)))
 
     def resolve_sync(self, host: str, port: int) -> list[str]:
+        trusted = self._trusted(host)
+        if trusted is not None:
+            return trusted or self.resolver.resolve_sync(host, port)
         known = self._known(host, port)
         if known is not None:
             return known

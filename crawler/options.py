@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from crawler.bloom import BloomParams
 from crawler.engines.config import DEFAULT_USER_AGENT, FetchConfig
+from crawler.engines.proxy import parse_proxy
+from crawler.extract import check_spec
 from crawler.ratelimit import LimiterConfig
 from crawler.retry import RetryPolicy
 from crawler.scope import check_patterns
@@ -74,6 +76,12 @@ class CrawlOptions(BaseModel):
     allowed_networks: list[str] = Field(default_factory=list)
     dns_ttl: int = Field(300, ge=0, le=86_400)
     keepalive_timeout: float = Field(30.0, ge=0, le=3600)
+    # Every request through this proxy: http/https/socks4/socks5 URL, credentials allowed
+    # (masked wherever shown; see crawler.engines.proxy)
+    proxy: str | None = Field(None, max_length=2048)
+    # A cookie jar per job, shared by the job's requests in one worker process (never across
+    # processes or machines); off: no cookie is ever stored or sent but the job's own headers
+    cookies: bool = False
 
     # Following links (issue 6): what a job crawls beyond its seeds
     depth: int = Field(0, ge=-1, le=1_000_000)  # link depth followed; 0 = seeds only, -1 = any
@@ -96,6 +104,9 @@ class CrawlOptions(BaseModel):
     bloom_error_rate: float = Field(0.001, ge=1e-9, le=0.1)
 
     # Results
+    # `package.module:function` run on every 2xx page: its dict is the record's `data`, its
+    # page.follow() requests join the job like links (crawler/extract.py)
+    extract: str | None = Field(None, max_length=256)
     # s a job's keys (state, records, dedupe) are kept after it finishes or is cancelled
     ttl: float = Field(7 * 86_400.0, ge=1, le=10 * 365 * 86_400)
     store_body: bool = False
@@ -113,6 +124,20 @@ class CrawlOptions(BaseModel):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http:// or https:// URL")
         return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, v: str | None) -> str | None:
+        if not v:  # "" (an empty CRAWLER_PROXY, say) means no proxy
+            return None
+        parse_proxy(v)  # ValueError: one line, without the password
+        return v
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "proxy" and isinstance(value, str):
+                value = parse_proxy(value).masked()
+            yield name, value
 
     @field_validator("allowed_networks")
     @classmethod
@@ -156,6 +181,11 @@ class CrawlOptions(BaseModel):
         from the seeds however many workers discover it (see crawler.frontier)."""
         return self.depth > 0
 
+    @field_validator("extract")
+    @classmethod
+    def _extract_spec(cls, v: str | None) -> str | None:
+        return None if v is None else check_spec(v)
+
     @field_validator("headers")
     @classmethod
     def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
@@ -190,7 +220,10 @@ class CrawlOptions(BaseModel):
             dns_ttl=self.dns_ttl,
             keepalive_timeout=self.keepalive_timeout,
             keep_body=(self.store_body or self.follows_links or self.obeys_robots
-                       or self.sitemaps),
+                       or self.sitemaps or self.extract is not None),
+            keep_headers=self.extract is not None,
+            proxy=self.proxy,
+            cookies=self.cookies,
         )
 
     def limiter_config(self, prefix: str) -> LimiterConfig:

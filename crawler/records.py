@@ -18,7 +18,8 @@ import orjson
 
 
 class ErrorClass(StrEnum):
-    """Why a URL produced no HTTP status. An HTTP status (even 404) is a result, not an error."""
+    """Why a URL produced no HTTP status (or, for extract_failed, no data). An HTTP status
+    (even 404) is a result, not an error."""
 
     TIMEOUT = "timeout"
     CONNECTION = "connection"
@@ -29,6 +30,7 @@ class ErrorClass(StrEnum):
     INVALID_URL = "invalid_url"
     BLOCKED_ADDRESS = "blocked_address"
     ROBOTS_DISALLOWED = "robots_disallowed"
+    EXTRACT_FAILED = "extract_failed"  # the page was fetched; the job's --extract function failed
 
 
 # Network failures worth another attempt; the others are deterministic for a given URL.
@@ -54,6 +56,7 @@ class FetchResult:
     elapsed_ms: float = 0.0
     retry_after: str | None = None  # raw Retry-After header value, parsed by the runner
     body: builtins.bytes | None = None  # decoded body, only when the job keeps bodies
+    headers: dict[str, str] | None = None  # names in lower case; only for --extract
 
 
 @dataclass(slots=True)
@@ -76,6 +79,9 @@ class Record:
     redirects: int = 0
     job: str = ""
     body_stored: bool = False
+    method: str = "GET"
+    meta: Any = None  # the request's meta, unchanged (crawler.request)
+    data: Any = None  # what the job's --extract function returned for this page
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -88,6 +94,8 @@ class Record:
         worker: str = "",
         job: str = "",
         fetched_at: str | None = None,
+        method: str = "GET",
+        meta: Any = None,
     ) -> Record:
         status = res.status
         return cls(
@@ -106,6 +114,8 @@ class Record:
             worker=worker,
             redirects=res.redirects,
             job=job,
+            method=method,
+            meta=meta,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +149,12 @@ CSV_FIELDS = (
     "redirects",
     "job",
     "body_stored",
+    "method",
+    "meta",  # JSON text in CSV
+    "data",  # JSON text in CSV
 )
+# Columns whose values are any JSON: CSV holds them as JSON text.
+CSV_JSON_FIELDS = ("meta", "data")
 
 
 def status_class(status: int | None) -> str:

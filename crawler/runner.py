@@ -32,7 +32,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 from crawler.crawl_steps import CrawlSteps
-from crawler.engines.base import Engine
+from crawler.engines.base import Engine, short_detail
+from crawler.extract import Extracted, Extractor, Page
 from crawler.links import extract_links, is_html
 from crawler.logs import Throttle
 from crawler.pacing import (
@@ -44,7 +45,7 @@ from crawler.pacing import (
 )
 from crawler.ratelimit import AsyncRateLimiter, Decision
 from crawler.ratelimit.fallback import FallbackLimiter
-from crawler.records import FetchResult, Record, status_class
+from crawler.records import ErrorClass, FetchResult, Record, status_class
 from crawler.retry import parse_retry_after, wants_penalty
 from crawler.robots import RobotsCache
 from crawler.slots import Slots
@@ -56,6 +57,7 @@ __all__ = ["BatchRunner", "RunStats", "RunnerOptions", "host_of", "lateness_allo
 
 log = logging.getLogger(__name__)
 _penalty_failures = Throttle()  # during an outage each 429/503 would say it again
+_unfollowed = Throttle()  # per page: once a minute is enough to say it
 
 ACQUIRE_MAX = 256  # URLs per limiter round trip: bounds the script's run time in Redis
 WRITE_LINGER = 0.05  # s a record may wait for others to share its store round trip
@@ -74,8 +76,10 @@ class BatchRunner:
         frontier: Frontier | None = None,
         robots: RobotsCache | None = None,
         defer: Defer | None = None,
+        extractor: Extractor | None = None,
     ) -> None:
         self.engine = engine
+        self.extractor = extractor
         self.frontier = frontier
         self.robots = robots
         self.defer = defer
@@ -231,7 +235,7 @@ class _Run(CrawlSteps):
 
     async def _drain_for_stop(self, source: AsyncIterator[Sequence[str]], exhausted: bool) -> None:
         """Let in-flight fetches land and collect every URL that was not started."""
-        left = [w.url for w in self.sleeping.values()]  # reserved slots are simply not used
+        left = [w.entry for w in self.sleeping.values()]  # reserved slots are simply not used
         if self.coming is not None:
             arrived, self.coming = self.coming, None
             try:
@@ -243,12 +247,12 @@ class _Run(CrawlSteps):
         self.sleeping.clear()
         while self.inflight:
             await self._sleep_until_event()
-        left += [w.url for w in self.ready]
-        left += [w.url for parked in self.parked.values() for w in parked]
-        left += [item.url for _, _, item in self.timers if isinstance(item, Work)]
-        left += [w.url for waiting in self.robots_wait.values() for w in waiting]
-        left += [w.url for held in self.held.values() for w in held]
-        left += [w.url for capped in self.capped.values() for w in capped]
+        left += [w.entry for w in self.ready]
+        left += [w.entry for parked in self.parked.values() for w in parked]
+        left += [item.entry for _, _, item in self.timers if isinstance(item, Work)]
+        left += [w.entry for waiting in self.robots_wait.values() for w in waiting]
+        left += [w.entry for held in self.held.values() for w in held]
+        left += [w.entry for capped in self.capped.values() for w in capped]
         self.pending -= len(left)  # what remains pending are records still being written
         self.ready.clear()
         self.parked.clear()
@@ -263,9 +267,9 @@ class _Run(CrawlSteps):
         while self.pending > 0:
             await self._sleep_until_event()
 
-    def _admit(self, urls: Sequence[str]) -> None:
-        for url in urls:
-            self._admit_work(Work(url, host_of(url), self.depth))
+    def _admit(self, entries: Sequence[str]) -> None:
+        for entry in entries:
+            self._admit_work(Work.of(entry, self.depth))
 
     def _admit_work(self, w: Work) -> None:
         self.pending += 1
@@ -394,7 +398,12 @@ class _Run(CrawlSteps):
                 self.stats.late_slots += 1
                 self.ready.appendleft(w)
                 return
-        res = await self.r.engine.fetch(w.url, before_hop=self._pace_hop)
+        req = w.req
+        if req is None:
+            res = await self.r.engine.fetch(w.url, before_hop=self._pace_hop)
+        else:
+            res = await self.r.engine.fetch(w.url, before_hop=self._pace_hop, method=req.method,
+                                            headers=req.headers, body=req.body)
         w.attempts += 1
         self.stats.fetched(res.elapsed_ms)
         if wants_penalty(res):
@@ -404,7 +413,14 @@ class _Run(CrawlSteps):
             self.stats.retries += 1
             self._timer(self.loop.time() + max(delay, MIN_RETRY_GAP), w)
             return
-        self._emit(w, res)
+        extracted = None
+        if (self.r.extractor is not None and res.error is None and res.status is not None
+                and 200 <= res.status < 300):
+            req = w.req
+            extracted = await self.r.extractor.run(Page(
+                w.url, res.final_url or w.url, res.status, res.headers or {}, res.body or b"",
+                req.meta if req else None, req.method if req else "GET", w.depth))
+        self._emit(w, res, extracted)
 
     async def _pace_hop(self, url: str) -> None:
         """A redirect hop is a request too: it waits for its host's slot like a page."""
@@ -419,18 +435,36 @@ class _Run(CrawlSteps):
             _penalty_failures.log(log, logging.WARNING,
                                   "could not record a penalty for %s: %s", host, exc)
 
-    def _emit(self, w: Work, res: FetchResult) -> None:
+    def _emit(self, w: Work, res: FetchResult, extracted: Extracted | None = None) -> None:
+        req = w.req
         rec = Record.from_result(
             res, attempts=w.attempts, depth=w.depth, worker=self.r.opt.worker,
             job=self.store.job_id,
         )
+        key = None
+        if req is not None:
+            rec.method, rec.meta = req.method, req.meta
+            if req.key != w.url:
+                key = req.key
         body = links = None
         if self.r.opt.body_store_max is not None and res.body is not None:
             body = res.body[: self.r.opt.body_store_max]
         limit = self.r.opt.depth_limit
-        if (self.r.frontier is not None and rec.ok and res.body is not None
-                and (limit < 0 or w.depth < limit) and is_html(res.content_type)):
+        follows = self.r.frontier is not None and (limit < 0 or w.depth < limit)
+        if follows and rec.ok and res.body is not None and is_html(res.content_type):
             links = extract_links(res.body, res.final_url or w.url)
+        if extracted is not None:
+            rec.data = extracted.data
+            if extracted.error is not None:
+                rec.ok, rec.error = False, str(ErrorClass.EXTRACT_FAILED)
+                rec.error_detail = short_detail(extracted.error)
+            if extracted.follow:
+                if follows:
+                    links = [*(links or ()), *extracted.follow]
+                else:
+                    _unfollowed.log(log, logging.WARNING, "--extract asked for %d requests on "
+                                    "%s: not followed (the page is at the job's --depth)",
+                                    len(extracted.follow), w.url)
         s = self.stats
         s.done += 1
         s.bytes += rec.bytes
@@ -441,7 +475,7 @@ class _Run(CrawlSteps):
         if rec.error:
             s.errors[rec.error] += 1
         s.statuses[status_class(rec.status)] += 1
-        self.out.put_nowait(PendingRecord(rec, body, links))
+        self.out.put_nowait(PendingRecord(rec, body, links, key))
 
     def _timer(self, due: float, item: Work | str) -> None:
         heapq.heappush(self.timers, (due, next(self.seq), item))

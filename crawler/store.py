@@ -3,7 +3,7 @@
 Key layout (all keys of a job share the hash tag `{id}`, so one script can touch them all,
 also on Redis Cluster):
 
-    {prefix}:job:{id}:queued    set of URL digests accepted for the job (dedupe at intake)
+    {prefix}:job:{id}:queued    set of request digests accepted for the job (dedupe at intake)
     {prefix}:job:{id}:bloom     instead of `queued` with dedupe = "bloom": a Bloom filter
                                 (bitmap, see crawler.bloom); `seen` stays an exact set
     {prefix}:job:{id}:seen      set of URL digests that have a record (idempotent writes)
@@ -14,8 +14,10 @@ also on Redis Cluster):
     {prefix}:job:{id}:bodies    hash digest -> zlib-compressed body (only with --store-body)
     {prefix}:job:{id}:rate      records per second, a 64-slot ring (status: rate of last 10 s)
 
-Digests are 16-byte BLAKE2b of the canonical URL: a fixed, small member size whatever the
-URL length (about 60 bytes per URL in Redis instead of the URL itself).
+Digests are 16-byte BLAKE2b of a request's key (`crawler.request`: the canonical URL of a
+GET, else method, URL and body digest): a fixed, small member size whatever the URL length
+(about 60 bytes per URL in Redis instead of the URL itself). Claim and batches take entries
+(a URL, or a JSON request); records are keyed by their request's key.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from redis.asyncio import Redis
 from crawler.bloom import BloomParams
 from crawler.keys import job_key
 from crawler.records import Record, status_class
+from crawler.request import entry_key
 
 WRITE_MAX = 500  # records per store round trip (and per stream entry)
 CLAIM_MAX = 2000  # URLs per claim call: Lua's unpack() takes at most ~8,000 values
@@ -54,6 +57,7 @@ class PendingRecord:
     record: Record
     body: bytes | None = None
     links: list[str] | None = None
+    key: str | None = None  # the request's key when it is not the record's URL (a POST...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +99,10 @@ class ResultStore:
         self, urls: Sequence[str], *, cap: int = 0, depth: int = 0,
         batch: BatchTarget | None = None,
     ) -> list[str]:
-        """Accept URLs into the job, dropping ones accepted before and any beyond `cap` URLs
-        in all (the job's max_pages). With `batch`, the accepted URLs are also queued as that
-        batch, atomically (see claim.lua). One round trip per 2,000 URLs; safe to retry."""
+        """Accept entries (URLs or JSON requests, deduped by their key) into the job,
+        dropping ones accepted before and any beyond `cap` in all (the job's max_pages). With
+        `batch`, the accepted entries are also queued as that batch, atomically (see
+        claim.lua). One round trip per 2,000 entries; safe to retry."""
         out: list[str] = []
         for i in range(0, len(urls), CLAIM_MAX):
             out += await self._claim(urls[i:i + CLAIM_MAX], cap, depth, batch)
@@ -110,12 +115,12 @@ class ResultStore:
         keys = [self.keys[dedupe], self.keys["counters"], call]
         args: list[Any] = [cap, depth, "", 0, *(self.bloom or (0, 0))]
         if batch is None:
-            args += [url_digest(u) for u in urls]
+            args += [url_digest(entry_key(u)) for u in urls]
         else:
             keys += [batch.key, batch.leases, batch.owners, batch.depths]
             args[2:4] = [batch.number, batch.lease_ms]
             for u in urls:
-                args += [url_digest(u), u]
+                args += [url_digest(entry_key(u)), u]
         flags = await self._claim_script(keys=keys, args=args)
         self.over_limit += flags.count(b"2")
         return [u for u, f in zip(urls, flags, strict=True) if f == ord("1")]
@@ -136,7 +141,8 @@ class ResultStore:
             rec.body_stored = item.body is not None
             meta = (f"{1 if rec.ok else 0} {status_class(rec.status)} {rec.bytes} {rec.depth} "
                     f"{rec.error or ''}\n")
-            args.append(b"".join((url_digest(rec.url), meta.encode(), rec.to_json())))
+            args.append(b"".join((url_digest(item.key or rec.url), meta.encode(),
+                                  rec.to_json())))
             if item.body is not None:
                 kept += [i, zlib.compress(item.body, 6)]
         args += kept
@@ -151,10 +157,12 @@ class ResultStore:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     async def unrecorded(self, urls: Sequence[str]) -> list[str]:
-        """The URLs that have no record yet: a redelivered batch fetches only what is missing."""
+        """The entries that have no record yet: a redelivered batch fetches only what is
+        missing."""
         if not urls:
             return []
-        seen = await self.client.smismember(self.keys["seen"], [url_digest(u) for u in urls])
+        seen = await self.client.smismember(self.keys["seen"],
+                                            [url_digest(entry_key(u)) for u in urls])
         return [u for u, s in zip(urls, seen, strict=True) if not s]
 
     async def recent_rate(self, seconds: int = 10) -> float:
@@ -169,6 +177,7 @@ class ResultStore:
         return total / seconds
 
     async def body(self, url: str) -> bytes | None:
+        """The stored body of a URL's GET (or of any request, given its key)."""
         raw = await self.client.hget(self.keys["bodies"], url_digest(url))
         return zlib.decompress(raw) if raw is not None else None
 

@@ -32,14 +32,15 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import idna
+import orjson
 from w3lib.url import canonicalize_url
 
 from crawler.errors import InputError
@@ -68,9 +69,13 @@ DISPLAY_WIDTH = 80
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UTF8_BOM = b"\xef\xbb\xbf"
 _ASCII_WHITESPACE = " \t\r\n\f\v"
+#: Longest JSON request line (crawler.request): bodies and meta ride in Redis with the URL.
+MAX_REQUEST_LINE = 64 * 1024
 # One read of a physical line: a maximal URL plus room for indentation and CRLF. Anything
-# longer is rejected without ever holding more than this (and one discard chunk) in memory.
+# longer is rejected without ever holding more than this (and one discard chunk) in memory;
+# a line that starts with "{" (a JSON request) may go on to _JSON_READ_LIMIT.
 _READ_LIMIT = MAX_URL_LENGTH + 64
+_JSON_READ_LIMIT = MAX_REQUEST_LINE + 64
 _DISCARD_CHUNK = 16 * 1024
 # C0 controls, DEL and C1 controls: never part of a URL someone meant to type.
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -120,6 +125,7 @@ class RejectReason(StrEnum):
     EMPTY_HOST = "empty_host"
     BAD_HOST = "bad_host"
     BAD_PORT = "bad_port"
+    BAD_REQUEST = "bad_request"  # a JSON request line (crawler.request) that is not valid
 
 
 class InvalidURL(ValueError):
@@ -261,9 +267,8 @@ def mask_userinfo(url: str) -> str:
 
 def _display(line: bytes) -> str:
     """Make a raw line safe to print: escaped, password masked, one terminal line wide."""
-    text = line.decode("utf-8", "backslashreplace")
+    text = mask_userinfo(line.decode("utf-8", "backslashreplace"))[: DISPLAY_WIDTH + 1]
     text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-    text = mask_userinfo(text)
     if len(text) > DISPLAY_WIDTH:
         text = text[: DISPLAY_WIDTH - 3] + "..."
     return text
@@ -276,6 +281,7 @@ class Rejected:
     lineno: int
     text: str
     reason: RejectReason
+    detail: str = ""  # what exactly is wrong (JSON request lines)
 
 
 @dataclass
@@ -296,12 +302,12 @@ class IntakeStats:
     by_reason: Counter[RejectReason] = field(default_factory=Counter)
     examples: list[Rejected] = field(default_factory=list)
 
-    def reject(self, lineno: int, line: bytes, reason: RejectReason) -> None:
+    def reject(self, lineno: int, line: bytes, reason: RejectReason, detail: str = "") -> None:
         """Count a rejected line and keep it as an example if it is among the first few."""
         self.rejected += 1
         self.by_reason[reason] += 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(Rejected(lineno, _display(line), reason))
+            self.examples.append(Rejected(lineno, _display(line), reason, detail))
 
     def summary(self) -> str:
         """A few lines for stderr: the totals, then the first rejected lines."""
@@ -313,7 +319,8 @@ class IntakeStats:
         if self.over_limit:
             head += f", {self.over_limit} over --max-pages"
         lines = [head]
-        lines += [f"  line {r.lineno}: {r.reason}: {r.text}" for r in self.examples]
+        lines += [f"  line {r.lineno}: {r.reason}: {r.detail + ': ' if r.detail else ''}"
+                  f"{r.text}" for r in self.examples]
         if self.rejected > len(self.examples):
             lines.append(f"  ... and {self.rejected - len(self.examples)} more rejected lines")
         return "\n".join(lines)
@@ -356,13 +363,19 @@ def iter_urls(
         yield from _iter_stream(source, stats)
 
 
-def accept_urls(urls: Iterable[str], stats: IntakeStats) -> Iterator[str]:
-    """The same intake for URLs given as Python strings (the API's `submit(urls)`)."""
+def accept_urls(urls: Iterable[str | Mapping[str, Any]], stats: IntakeStats) -> Iterator[str]:
+    """The same intake for the Python API's `submit(urls)`: URL strings, JSON request strings,
+    or request mappings (``{"url": ..., "method": "POST", "json": {...}, "meta": ...}``)."""
     lines = (
-        (n, u.encode("utf-8", "surrogatepass"), len(u) <= _READ_LIMIT)
-        for n, u in enumerate(urls, 1)
+        (n, *_api_line(u)) for n, u in enumerate(urls, 1)
     )
     return _accept(lines, stats)
+
+
+def _api_line(item: str | Mapping[str, Any]) -> tuple[bytes | Mapping[str, Any], bool]:
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogatepass"), len(item) <= _READ_LIMIT
+    return item, True
 
 
 def _iter_stream(stream: BinaryIO | TextIO, stats: IntakeStats) -> Iterator[str]:
@@ -384,16 +397,47 @@ def _lines_until_error(
         stats.read_error = f"cannot read the input after line {stats.lines}: {detail}"
 
 
-def _accept(lines: Iterable[tuple[int, bytes, bool]], stats: IntakeStats) -> Iterator[str]:
+def _accept(lines: Iterable[tuple[int, bytes | Mapping[str, Any], bool]], stats: IntakeStats
+            ) -> Iterator[str]:
+    """Entries (crawler.request) of the accepted lines: the canonical URL of a URL line, the
+    entry of a JSON request line (one that starts with "{") or of a request mapping."""
+    from crawler.request import BadRequest, parse_line, parse_object  # it imports this module
+
     # The per-line work is kept to a minimum (no helper calls on the common path): with the
     # fast path of `canonicalize`, reading and counting are a large share of intake.
     for lineno, line, complete in lines:
         stats.lines += 1
+        if type(line) is not bytes:  # a request mapping from the Python API
+            try:
+                entry = parse_object(line).entry
+            except (BadRequest, InvalidURL) as exc:
+                shown = orjson.dumps(line, default=repr)
+                stats.reject(lineno, shown, *_why(exc))
+                continue
+            stats.accepted += 1
+            yield entry
+            continue
         if lineno == 1:
             line = line.removeprefix(_UTF8_BOM)
         line = line.strip()
         if line.startswith(b"#") or (complete and not line):
             stats.skipped += 1
+            continue
+        if line.startswith(b"{"):
+            if not complete or len(line) > MAX_REQUEST_LINE:
+                stats.reject(lineno, line, RejectReason.TOO_LONG,
+                             f"a JSON line holds at most {MAX_REQUEST_LINE} bytes")
+                continue
+            try:
+                request = parse_line(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                stats.reject(lineno, line, RejectReason.NOT_UTF8)
+                continue
+            except (BadRequest, InvalidURL) as exc:
+                stats.reject(lineno, line, *_why(exc))
+                continue
+            stats.accepted += 1
+            yield request.entry
             continue
         if not complete or len(line) > MAX_URL_LENGTH:
             stats.reject(lineno, line, RejectReason.TOO_LONG)
@@ -412,6 +456,13 @@ def _accept(lines: Iterable[tuple[int, bytes, bool]], stats: IntakeStats) -> Ite
         yield url
 
 
+def _why(exc: ValueError) -> tuple[RejectReason, str]:
+    """A JSON request's reject reason: its URL's own reason, or bad_request and the detail."""
+    if isinstance(exc, InvalidURL):
+        return exc.reason, "url"
+    return RejectReason.BAD_REQUEST, str(exc)
+
+
 def _physical_lines(stream: BinaryIO | TextIO) -> Iterator[tuple[int, bytes, bool]]:
     """Yield ``(lineno, first bytes of the line, whether that is the whole line)``.
 
@@ -426,7 +477,12 @@ def _physical_lines(stream: BinaryIO | TextIO) -> Iterator[tuple[int, bytes, boo
             yield lineno, chunk, True  # the common case: a whole line from a binary stream
             continue
         newline = "\n" if isinstance(chunk, str) else b"\n"
-        complete = chunk.endswith(newline) or len(chunk) < _READ_LIMIT  # type: ignore[arg-type]
+        limit = _READ_LIMIT
+        if len(chunk) == _READ_LIMIT and not chunk.endswith(newline) and (  # type: ignore[arg-type]
+                chunk.lstrip()[:1] in ("{", b"{")):
+            chunk += readline(_JSON_READ_LIMIT - _READ_LIMIT)  # type: ignore[operator]
+            limit = _JSON_READ_LIMIT
+        complete = chunk.endswith(newline) or len(chunk) < limit  # type: ignore[arg-type]
         rest = chunk
         while not complete and rest and not rest.endswith(newline):  # type: ignore[arg-type]
             rest = readline(_DISCARD_CHUNK)

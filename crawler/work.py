@@ -12,17 +12,33 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from crawler.options import CrawlOptions
+from crawler.request import CrawlRequest, decode
 from crawler.retry import RetryPolicy
 
 
 @dataclass(slots=True)
 class Work:
-    """One URL on its way through the loop."""
+    """One URL on its way through the loop; `req` is its structured request (method, headers,
+    body, meta), None for a plain GET."""
 
     url: str
     host: str
     depth: int = 0
     attempts: int = 0
+    req: CrawlRequest | None = None
+
+    @classmethod
+    def of(cls, entry: str, depth: int = 0) -> Work:
+        """The work for a batch entry (crawler.request): a URL, or a JSON request."""
+        if not entry.startswith("{"):
+            return cls(entry, host_of(entry), depth)
+        req = decode(entry)
+        return cls(req.url, host_of(req.url), depth, req=req)
+
+    @property
+    def entry(self) -> str:
+        """Back to the batch entry it came from (a hand-back, a stop)."""
+        return self.url if self.req is None else self.req.entry
 
 
 # Upper bounds (s) of the fetch-duration buckets (the last, +Inf, is implicit): a fetch costs

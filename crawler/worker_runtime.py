@@ -42,6 +42,7 @@ from crawler.engines import make_engine
 from crawler.engines.base import Engine
 from crawler.engines.config import FetchConfig
 from crawler.errors import JobNotFound
+from crawler.extract import Extractor
 from crawler.frontier import LinkPolicy, QueueFrontier
 from crawler.hooks import post_status
 from crawler.jobs import LIVE_HOSTS, JobControl
@@ -68,6 +69,9 @@ SPEC_CACHE_TTL = 30.0  # s a job's spec is reused without reading Redis again (s
 SHUTDOWN_PATIENCE = 45.0
 PUBLISH_EVERY = 1.0  # s between copies of the batches' counters to the Prometheus metrics
 REPORT_EVERY = 1.0  # s between a worker's live reports on its jobs (`crawler status --watch`)
+# Jobs whose cookie jars (an engine each: a session, its pools) one process keeps at most;
+# beyond, the least recently used job with no batch running here loses its jar.
+COOKIE_JARS = 64
 
 
 async def _one(urls: Sequence[str]) -> AsyncIterator[Sequence[str]]:
@@ -118,8 +122,10 @@ class WorkerRuntime:
         self.slots = Slots(self.settings.concurrency, self.settings.limit_per_host)
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
         self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
+        self.extractors: dict[str, Extractor] = {}  # --extract function -> its threads
         self.specs: dict[str, tuple[float, CrawlOptions]] = {}
         self._hooks: set[asyncio.Future[bool]] = set()  # finish hooks being posted
+        self._closing: set[asyncio.Future[None]] = set()  # engines of ended jobs closing
         self.policies: dict[str, LinkPolicy] = {}  # per job: scope keys known in scope
         self.robots: dict[str, RobotsCache | None] = {}  # per job: robots.txt answers
         self.running: dict[str, dict[int, tuple[str, BatchRunner]]] = defaultdict(dict)
@@ -174,7 +180,7 @@ class WorkerRuntime:
         # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
         self.peers = max(self.peers, live)
         store = self.jobs.store(job_id, options)
-        engine, limiter = await self._engine(options), self._limiter(options)
+        engine, limiter = await self._engine(options, job_id), self._limiter(options)
         runner = BatchRunner(
             engine, limiter,
             RunnerOptions.for_job(options, concurrency=self.settings.concurrency,
@@ -182,6 +188,7 @@ class WorkerRuntime:
             slots=self.slots, frontier=self._frontier(job_id, options, store),
             robots=self._robots(job_id, options, engine, limiter),
             defer=self._deferrer(job_id),
+            extractor=self._extractor(options),
         )
         self.running[job_id][batch_no] = (token, runner)
         deadline = self.loop.call_later(self.batch_time_limit, runner.stop, "time_limit")
@@ -268,16 +275,44 @@ class WorkerRuntime:
         self.specs[job_id] = (time.monotonic(), options)
         return options
 
-    async def _engine(self, options: CrawlOptions) -> Engine:
-        # The worker, not the job, decides how many requests this process has in flight.
-        config = replace(options.fetch_config(), concurrency=self.settings.concurrency)
+    async def _engine(self, options: CrawlOptions, job_id: str) -> Engine:
+        # The worker, not the job, decides how many requests this process has in flight. A
+        # job with cookies gets engines of its own (their jar is the job's in this process).
+        config = replace(options.fetch_config(), concurrency=self.settings.concurrency,
+                         cookie_scope=job_id if options.cookies else "")
         key = (options.mode, config)
-        engine = self.engines.get(key)
+        engine = self.engines.pop(key, None)  # put back last: the most recently used
         if engine is None:
             engine = make_engine(options.mode, config)
             await engine.start()
-            self.engines[key] = engine
+        self.engines[key] = engine
+        if config.cookie_scope:
+            self._evict_cookie_jars()
         return engine
+
+    def _evict_cookie_jars(self) -> None:
+        """Close the least recently used jobs' cookie engines beyond COOKIE_JARS, if idle here:
+        the job-over signal (`_forget_job`) reaches only the worker that reaps the job."""
+        scoped = [key for key in self.engines if key[1].cookie_scope]
+        for key in scoped[: max(0, len(scoped) - COOKIE_JARS)]:
+            if key[1].cookie_scope not in self.running:
+                self._close_engine(key)
+
+    def _close_engine(self, key: tuple[str, FetchConfig]) -> None:
+        engine = self.engines.pop(key)
+        task = asyncio.ensure_future(engine.close())
+        self._closing.add(task)  # held until done: a task nobody references may vanish
+        task.add_done_callback(self._closing.discard)
+
+    def _extractor(self, options: CrawlOptions) -> Extractor | None:
+        """One per function and process, shared by the jobs that name it; imported once (a
+        module that fails to import makes every page of its jobs `extract_failed`, logged)."""
+        if options.extract is None:
+            return None
+        extractor = self.extractors.get(options.extract)
+        if extractor is None:
+            extractor = self.extractors[options.extract] = Extractor(options.extract)
+        return extractor
 
     def _limiter(self, options: CrawlOptions) -> FallbackLimiter:
         config = options.limiter_config(self.settings.key_prefix)
@@ -332,11 +367,13 @@ class WorkerRuntime:
 
     def _forget_job(self, job_id: str) -> None:
         """A finished or cancelled job's per-job state goes, so a long-lived worker that runs
-        many jobs does not keep every job's scope keys and robots.txt answers."""
+        many jobs does not keep every job's scope keys, robots.txt answers and cookie jars."""
         self.policies.pop(job_id, None)
         self.robots.pop(job_id, None)
         self.specs.pop(job_id, None)
         self._marked.pop(job_id, None)
+        for key in [key for key in self.engines if key[1].cookie_scope == job_id]:
+            self._close_engine(key)  # the job's cookie jar goes with its engine
 
     def _broker(self) -> str:
         return self.settings.shared_broker_url
@@ -458,6 +495,9 @@ class WorkerRuntime:
             task.cancel()
         for engine in self.engines.values():
             await engine.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)  # ended jobs' engines
+        for extractor in self.extractors.values():
+            await asyncio.to_thread(extractor.close)
         await self.client.aclose()
         await self.limiter_client.aclose()
         if self.metrics is not None:

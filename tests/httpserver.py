@@ -16,7 +16,7 @@ Routes (every server has all of them):
     /flaky/{key}/{n}         503 the first n times per key, then 200
     /redirect/{n}            302 chain: /redirect/{n-1} ... /redirect/0 answers 200
     /redirect-loop           302 to itself
-    /redirect-to?url=U&status=302   redirect to any URL
+    /redirect-to?url=U&status=302   redirect to any URL (any method)
     /bad-location            302 to a non-http scheme
     /big/{bytes}             that many bytes, streamed in 64 KiB writes, with Content-Length
     /endless                 chunked (no Content-Length), 64 KiB writes that never end
@@ -28,6 +28,7 @@ Routes (every server has all of them):
     /delay/{ms}              200 after ms milliseconds
     /reset                   promises 100000 bytes, sends 1000, drops the connection
     /headers                 the request headers as JSON
+    /echo                    any method: {"method", "body", "headers"} of the request as JSON
     set_route(path, ...)     any fixed response (e.g. /robots.txt), checked before the above
 Every arrival is logged (path, time.monotonic(), client address, headers), thread-safe.
 """
@@ -67,6 +68,8 @@ class Arrival:
     client: tuple[str, int]
     query: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +188,14 @@ class HTTPServer:
         data = body.encode() if isinstance(body, str) else body
         self._fixed[path] = Fixed(status, data, {"Content-Type": content_type, **(headers or {})})
 
-    def _record(self, request: web.Request) -> None:
+    def _record(self, request: web.Request, body: bytes) -> None:
         if not self.log_arrivals:
             return
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         arrival = Arrival(
-            request.path, time.monotonic(), client, request.query_string, dict(request.headers)
+            request.path, time.monotonic(), client, request.query_string, dict(request.headers),
+            request.method, body,
         )
         with self._cond:
             self._arrivals.append(arrival)
@@ -209,7 +213,7 @@ class HTTPServer:
 def build_app(server: HTTPServer) -> web.Application:
     @web.middleware
     async def log_and_fixed(request: web.Request, handler: Any) -> web.StreamResponse:
-        server._record(request)
+        server._record(request, await request.read() if request.can_read_body else b"")
         fixed = server._fixed.get(request.path)
         if fixed is not None:
             return web.Response(status=fixed.status, body=fixed.body, headers=fixed.headers)
@@ -229,7 +233,8 @@ def build_app(server: HTTPServer) -> web.Application:
     app.router.add_get("/flaky/{key}/{n:\\d+}", flaky)
     app.router.add_get("/redirect/{n:\\d+}", redirect_chain)
     app.router.add_get("/redirect-loop", _const(lambda: _redirect("/redirect-loop")))
-    app.router.add_get("/redirect-to", redirect_to)
+    app.router.add_route("*", "/redirect-to", redirect_to)
+    app.router.add_route("*", "/echo", echo)
     app.router.add_get("/bad-location", _const(lambda: _redirect("ftp://127.0.0.1/file")))
     app.router.add_get("/big/{size:\\d+}", big)
     app.router.add_get("/endless", endless)
@@ -256,6 +261,13 @@ def _const(make: Callable[[], web.Response]) -> Handler:
 
 async def echo_headers(request: web.Request) -> web.Response:
     return web.json_response(dict(request.headers))
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Any method: the request's method, body (text) and headers as JSON."""
+    body = (await request.read()).decode("utf-8", "replace")
+    return web.json_response({"method": request.method, "body": body,
+                              "headers": dict(request.headers)})
 
 
 def _html(body: bytes, status: int = 200) -> web.Response:

@@ -7,11 +7,14 @@ import logging
 import re
 import socket
 import ssl
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
+import aiohttp_socks
 import certifi
+import python_socks
 import yarl
+from aiohttp_socks import ProxyConnector, ProxyType
 
 from crawler.engines.base import (
     CHUNK,
@@ -47,8 +50,12 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
     detail = short_detail(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError, aiohttp.ServerFingerprintMismatch)):
         return ErrorClass.TLS, detail
-    if isinstance(exc, TimeoutError):  # asyncio.timeout, ServerTimeoutError, Connection/Socket*
-        return ErrorClass.TIMEOUT, detail
+    if isinstance(exc, (TimeoutError, aiohttp_socks.ProxyTimeoutError)):
+        return ErrorClass.TIMEOUT, detail  # asyncio.timeout, ServerTimeoutError, Connection/...
+    # A SOCKS proxy that refuses, fails its handshake or cannot reach the target.
+    if isinstance(exc, (aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError,
+                        python_socks.ProxyError, python_socks.ProxyConnectionError)):
+        return ErrorClass.CONNECTION, detail
     if isinstance(exc, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
         return ErrorClass.DNS, detail
     if isinstance(exc, (aiohttp.InvalidURL, ValueError)):  # yarl raises ValueError/UnicodeError
@@ -76,16 +83,33 @@ class AioEngine(Engine):
         if self._session is not None:
             return
         c = self.config
-        connector = aiohttp.TCPConnector(
-            limit=c.concurrency,
-            limit_per_host=c.limit_per_host,
-            ttl_dns_cache=c.dns_ttl,
-            keepalive_timeout=c.keepalive_timeout,
-            ssl=tls_context(c.verify_tls),
-            resolver=AiohttpGuardResolver(self.guard),
-        )
+        connector_options: dict[str, Any] = {
+            "limit": c.concurrency,
+            "limit_per_host": c.limit_per_host,
+            "ttl_dns_cache": c.dns_ttl,
+            "keepalive_timeout": c.keepalive_timeout,
+            "ssl": tls_context(c.verify_tls),
+        }
+        proxy = self.proxy
+        connector: aiohttp.TCPConnector
+        if proxy is not None and proxy.is_socks:
+            # python-socks connects to the proxy itself (resolving its name) and hands it the
+            # target's name (remote DNS: crawler.engines.proxy); IP literals are checked by
+            # Attempt before any request.
+            connector = ProxyConnector(
+                proxy_type=ProxyType.SOCKS5 if proxy.kind == "socks5h" else ProxyType.SOCKS4,
+                host=proxy.host, port=proxy.port, username=proxy.username,
+                password=proxy.password, rdns=True, **connector_options)
+        else:
+            # With an HTTP proxy only the proxy's name is ever resolved here (the guard trusts
+            # it); without one every target is resolved and checked through the guard.
+            connector = aiohttp.TCPConnector(
+                resolver=AiohttpGuardResolver(self.guard), **connector_options)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # An HTTP proxy for every request; its credentials (in the URL) become the
+            # Proxy-Authorization header of the proxy request, never part of a target URL.
+            proxy=proxy.url() if proxy is not None and not proxy.is_socks else None,
             # The total budget (all hops and the body) is fetch()'s asyncio.timeout: a second
             # total timer per request here would only cost time.
             timeout=aiohttp.ClientTimeout(
@@ -98,7 +122,11 @@ class AioEngine(Engine):
             },
             auto_decompress=False,
             trust_env=False,  # no proxy from the environment: the guard checks the real peer
-            cookie_jar=aiohttp.DummyCookieJar(),  # URLs of different jobs share no state
+            # With --cookies, one jar for this engine (a job's, on workers), per domain as
+            # browsers keep them; unsafe=True: IP-literal hosts keep cookies too. Else none:
+            # URLs of different jobs share no state.
+            cookie_jar=(aiohttp.CookieJar(unsafe=True) if c.cookies
+                        else aiohttp.DummyCookieJar()),
         )
         self._sem = asyncio.Semaphore(c.concurrency)
         self._deadlines = Deadlines(c.timeout)
@@ -111,11 +139,13 @@ class AioEngine(Engine):
         if session is not None:
             await session.close()
 
-    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None,
+                    method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                    body: str | None = None) -> FetchResult:
         if self._session is None or self._sem is None or self._deadlines is None:
             raise RuntimeError("AioEngine.start() was not awaited")
         async with self._sem:
-            attempt = self.attempt(url)
+            attempt = self.attempt(url, method, headers, body)
             task = asyncio.current_task()
             assert task is not None
             cancelling = task.cancelling()
@@ -141,9 +171,15 @@ class AioEngine(Engine):
         url = attempt.begin()
         target: yarl.URL | str = _yarl(url)  # redirect hops: as the Location said
         while True:
-            # attempt.headers is replaced (without the origin-bound ones) after a cross-origin hop.
-            own = self._bound if attempt.headers is self.headers else None
-            async with session.get(target, headers=own, allow_redirects=False) as resp:
+            # attempt.headers is the engine's own dict for a plain request (the session sends
+            # all but the origin-bound ones) until a cross-origin hop replaces it; a request's
+            # own headers make it a dict of its own, sent whole (over the session's).
+            own = self._bound if attempt.headers is self.headers else attempt.headers
+            # A body is sent with the Content-Type the request gave, or none (as requests
+            # does): aiohttp would add application/octet-stream.
+            skip = _NO_AUTO_TYPE if attempt.body is not None else None
+            async with session.request(attempt.method, target, headers=own, data=attempt.body,
+                                       skip_auto_headers=skip, allow_redirects=False) as resp:
                 nxt = attempt.follow(resp.status, _location(resp))
                 if nxt is None:
                     body = attempt.decoder(resp.headers)
@@ -163,6 +199,8 @@ class AioEngine(Engine):
                 await before_hop(nxt)
             target = nxt
 
+
+_NO_AUTO_TYPE = ("Content-Type",)
 
 # Characters that need no percent-encoding, and only upper-case escapes: what intake's
 # canonical form looks like (crawler.urls), which yarl would leave unchanged anyway.

@@ -26,7 +26,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from crawler.body import BadEncoding, BodyDecoder, TooLarge
 from crawler.engines.config import FetchConfig
+from crawler.engines.proxy import parse_proxy
 from crawler.guard import BlockedAddress, DNSFailure, Guard, Resolver, SystemResolver, ip_literal
+from crawler.logs import mask
 from crawler.records import ErrorClass, FetchResult
 
 # Raw body bytes read per network call.
@@ -135,6 +137,32 @@ def next_url(current: str, location: str) -> str:
     return target
 
 
+def redirected_method(status: int, method: str) -> str:
+    """The method of the request a redirect leads to: 303 makes anything but HEAD a GET, and
+    so do 301 and 302 for a POST (what browsers and requests do); 307 and 308 keep it (and the
+    body)."""
+    if status == 303 and method != "HEAD":
+        return "GET"
+    if status in (301, 302) and method == "POST":
+        return "GET"
+    return method
+
+
+def merged_headers(base: dict[str, str], extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """A request's own headers over the job's (names compared without case)."""
+    out = dict(base)
+    for name, value in extra:
+        for key in [k for k in out if k.lower() == name.lower()]:
+            del out[key]
+        out[name] = value
+    return out
+
+
+# Describe a body: dropped with it when a redirect turns the request into a GET.
+BODY_HEADERS = frozenset({"content-type", "content-encoding", "content-language",
+                          "content-location"})
+
+
 def same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme.lower(), pa.hostname, pa.port) == (pb.scheme.lower(), pb.hostname, pb.port)
@@ -162,8 +190,9 @@ def mime_type(content_type: str | None) -> str | None:
 
 
 def short_detail(text: str) -> str:
-    """One line, at most DETAIL_MAX characters, always encodable as UTF-8 (JSON-safe)."""
-    line = " ".join(text.split())
+    """One line, at most DETAIL_MAX characters, always encodable as UTF-8 (JSON-safe), with
+    credentials masked (a proxy's password in a library's message, say) before it is cut."""
+    line = mask(" ".join(text.split()))
     if not line.isascii():
         line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     return line if len(line) <= DETAIL_MAX else line[: DETAIL_MAX - 3] + "..."
@@ -216,7 +245,8 @@ class Attempt:
     """The state of one fetch: the current hop, redirects, the clock; builds the result."""
 
     def __init__(
-        self, url: str, config: FetchConfig, guard: Guard, headers: dict[str, str]
+        self, url: str, config: FetchConfig, guard: Guard, headers: dict[str, str], *,
+        method: str = "GET", body: str | None = None,
     ) -> None:
         self.url = url
         self.hop = url
@@ -224,6 +254,8 @@ class Attempt:
         self.guard = guard
         self.redirects = 0
         self.headers = headers  # shared and never mutated: follow() replaces it
+        self.method = method
+        self.body = None if body is None else body.encode()
         self.started = time.perf_counter()
         self.deadline = time.monotonic() + config.timeout
 
@@ -243,6 +275,14 @@ class Attempt:
             self.headers = {
                 k: v for k, v in self.headers.items() if k.lower() not in ORIGIN_BOUND_HEADERS
             }
+        method = redirected_method(status, self.method)
+        if method != self.method:
+            self.method = method
+            if self.body is not None:
+                self.body = None
+                self.headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in BODY_HEADERS
+                }
         self.redirects += 1
         self.hop = target
         # Checked like a name's addresses will be: a blocked hop is reported as the final URL.
@@ -278,6 +318,8 @@ class Attempt:
             elapsed_ms=self._elapsed_ms(),
             retry_after=headers.get("Retry-After"),
             body=body.body,
+            headers={k.lower(): v for k, v in headers.items()} if self.config.keep_headers
+            else None,
         )
 
     def failed(self, error: ErrorClass, detail: str) -> FetchResult:
@@ -307,16 +349,23 @@ class Engine(abc.ABC):
 
     def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None) -> None:
         self.config = config
+        self.proxy = parse_proxy(config.proxy) if config.proxy else None
         self.guard = Guard(
             resolver or SystemResolver(),
             allow_private=config.allow_private_networks,
             allowed_networks=config.allowed_networks,
             cache_ttl=config.dns_ttl if self.guard_caches_dns else 0,
+            trusted_hosts=(self.proxy.host,) if self.proxy else (),
         )
         self.headers = build_headers(config)  # the same for every first hop: built once
 
-    def attempt(self, url: str) -> Attempt:
-        return Attempt(url, self.config, self.guard, self.headers)
+    def attempt(self, url: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                body: str | None = None) -> Attempt:
+        """A fresh attempt; a request's own headers are merged over the job's (a new dict:
+        the shared one stays as is, and the engines know it by identity)."""
+        return Attempt(url, self.config, self.guard,
+                       merged_headers(self.headers, headers) if headers else self.headers,
+                       method=method, body=body)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -327,10 +376,14 @@ class Engine(abc.ABC):
         """Release connections and threads."""
 
     @abc.abstractmethod
-    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None,
+                    method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                    body: str | None = None) -> FetchResult:
         """One attempt at `url`; never raises except CancelledError. `before_hop(url)` is
         awaited before each redirect hop is requested: the caller's politeness (the runner
-        takes a rate-limit slot for the hop's host), which the engine knows nothing of."""
+        takes a rate-limit slot for the hop's host), which the engine knows nothing of.
+        `method`, `headers` (over the job's) and `body` (text, sent as UTF-8) come from a
+        structured request (crawler.request); redirects follow `redirected_method`."""
 
     async def __aenter__(self) -> Self:
         await self.start()

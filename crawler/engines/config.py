@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_USER_AGENT = "crawler/0.1 (+https://github.com/crawler/crawler)"
 
@@ -28,3 +28,10 @@ class FetchConfig:
     dns_ttl: int = 300  # seconds a resolved (and checked) address is reused
     keepalive_timeout: float = 30.0  # seconds an idle connection stays open for reuse
     keep_body: bool = False  # return the decoded body in FetchResult.body
+    keep_headers: bool = False  # return the response headers in FetchResult.headers (--extract)
+    # Every request through this proxy (crawler.engines.proxy); never in a repr: a password.
+    proxy: str | None = field(default=None, repr=False)
+    cookies: bool = False  # one cookie jar per engine (per job on workers), else none at all
+    # Workers set the job id when `cookies` is on, so each job gets its own engine (and jar);
+    # "" lets jobs with equal configs share one engine.
+    cookie_scope: str = ""

@@ -2,7 +2,8 @@
 
 Connections are opened by guarded urllib3 connection classes: the host is resolved through
 the Guard and the socket connects to exactly the address that was checked, while TLS keeps
-SNI and certificate verification on the original host name.
+SNI and certificate verification on the original host name. With a proxy, connections go to
+the proxy only (crawler.engines.proxy: the proxy resolves the targets' names).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.cookiejar import DefaultCookiePolicy
+from functools import partial
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, ClassVar, cast
 
 import certifi
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, get_cookie_header
+from requests.models import PreparedRequest
+from requests.utils import get_auth_from_url
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.contrib.socks import SOCKSConnection, SOCKSProxyManager
 from urllib3.exceptions import (
     ConnectTimeoutError,
     InsecureRequestWarning,
@@ -83,6 +89,10 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return ErrorClass.TIMEOUT, detail
     if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError, ssl.SSLError)):
+        return ErrorClass.TLS, detail
+    # TLS to an https:// proxy failed (aiohttp says ClientSSLError: the same class)
+    if isinstance(exc, requests.exceptions.ProxyError) and any(
+            isinstance(c, ssl.SSLError) for c in causes(exc)):
         return ErrorClass.TLS, detail
     if isinstance(exc, requests.ConnectionError) and _name_resolution(exc):
         return ErrorClass.DNS, detail
@@ -221,6 +231,45 @@ class GuardedPoolManager(urllib3.PoolManager):
         return pool
 
 
+class GuardedProxyManager(urllib3.ProxyManager):
+    """An HTTP(S) proxy's pools: every connection goes to the proxy (through the guard, which
+    trusts the proxy's own address), with budgeted reads like direct ones."""
+
+    def __init__(self, guard: Guard, proxy_url: str, **kwargs: Any) -> None:
+        super().__init__(proxy_url, **kwargs)
+        self.guard = guard
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
+        pool.conn_kw["guard"] = self.guard
+        return pool
+
+
+class _BudgetedSOCKSConnection(SOCKSConnection):
+    """PySocks connects to the proxy (remote DNS: the target's name goes to the proxy)."""
+
+    response_class: type[http.client.HTTPResponse] = _BudgetedResponse
+
+
+class _BudgetedSOCKSHTTPSConnection(_BudgetedSOCKSConnection, HTTPSConnection):
+    pass
+
+
+class BudgetedSOCKSProxyManager(SOCKSProxyManager):
+    """A SOCKS proxy's pools, with budgeted reads like direct ones."""
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = (_BudgetedSOCKSHTTPSConnection if scheme == "https"
+                              else _BudgetedSOCKSConnection)
+        return pool
+
+
 def verified_tls_context() -> ssl.SSLContext:
     """What urllib3 builds for a verified connection, with certifi's CAs, built once.
 
@@ -233,14 +282,53 @@ def verified_tls_context() -> ssl.SSLContext:
 
 
 class GuardedAdapter(HTTPAdapter):
-    """A requests adapter over a GuardedPoolManager (no proxies: the guard checks the peer)."""
+    """A requests adapter over a GuardedPoolManager, or over the job's proxy; with `cookies`,
+    every request takes that jar's cookies for its URL and gives it the response's."""
 
     def __init__(
-        self, guard: Guard, *, ssl_context: ssl.SSLContext | None = None, **kwargs: Any
+        self, guard: Guard, *, ssl_context: ssl.SSLContext | None = None,
+        cookies: CookieJar | None = None, **kwargs: Any
     ) -> None:
         self.guard = guard  # set first: HTTPAdapter.__init__ calls init_poolmanager
         self.ssl_context = ssl_context  # verified connections share it (CAs loaded once)
+        self.cookies = cookies
         super().__init__(**kwargs)
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        # Here, not in Session.cookies: a Session copies its whole jar into every request it
+        # prepares, and a job's jar is shared by every thread (CookieJar locks inside).
+        jar = self.cookies
+        if jar is None:
+            return super().send(request, *args, **kwargs)
+        # The job's own --header 'Cookie: ...' is kept, the jar's cookies follow it (the jar
+        # adds nothing to a request that has a Cookie header).
+        own = request.headers.pop("Cookie", None)
+        cookies = "; ".join(str(v) for v in (own, get_cookie_header(jar, request)) if v)
+        if cookies:
+            request.headers["Cookie"] = cookies
+        resp = super().send(request, *args, **kwargs)
+        extract_cookies_to_jar(jar, request, resp.raw)
+        return resp
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """The pools for the job's proxy, built like ours (guarded, shared TLS context)."""
+        manager = self.proxy_manager.get(proxy)
+        if manager is None:
+            if self.ssl_context is not None:
+                proxy_kwargs["ssl_context"] = self.ssl_context
+            pools: dict[str, Any] = {"num_pools": self._pool_connections,
+                                     "maxsize": self._pool_maxsize, "block": self._pool_block}
+            if proxy.lower().startswith("socks"):
+                user, password = get_auth_from_url(proxy)
+                manager = BudgetedSOCKSProxyManager(
+                    proxy, username=user or None, password=password or None,
+                    **pools, **proxy_kwargs)
+            else:
+                manager = GuardedProxyManager(
+                    self.guard, proxy, proxy_headers=self.proxy_headers(proxy),
+                    **pools, **proxy_kwargs)
+            self.proxy_manager[proxy] = manager
+        return manager
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
@@ -288,6 +376,8 @@ class ThreadEngine(Engine):
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._tls = verified_tls_context() if config.verify_tls else None
+        # --cookies: one jar for every thread's session (http.cookiejar locks inside).
+        self._jar: CookieJar | None = RequestsCookieJar() if config.cookies else None
         if not config.verify_tls:
             # The job asked for --insecure; one warning per request would only be noise.
             urllib3.disable_warnings(InsecureRequestWarning)
@@ -310,7 +400,9 @@ class ThreadEngine(Engine):
         for session in sessions:
             session.close()
 
-    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None) -> FetchResult:
+    async def fetch(self, url: str, *, before_hop: BeforeHop | None = None,
+                    method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                    body: str | None = None) -> FetchResult:
         if self._pool is None:
             raise RuntimeError("ThreadEngine.start() was not awaited")
         loop = asyncio.get_running_loop()
@@ -318,12 +410,14 @@ class ThreadEngine(Engine):
         if before_hop is not None:
             def hop(target: str) -> None:  # on a pool thread: wait for the loop's answer
                 asyncio.run_coroutine_threadsafe(before_hop(target), loop).result()
-        return await loop.run_in_executor(self._pool, self.fetch_sync, url, hop)
+        return await loop.run_in_executor(self._pool, partial(
+            self.fetch_sync, url, hop, method=method, headers=headers, body=body))
 
-    def fetch_sync(self, url: str, before_hop: Callable[[str], None] | None = None
-                   ) -> FetchResult:
+    def fetch_sync(self, url: str, before_hop: Callable[[str], None] | None = None, *,
+                   method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                   body: str | None = None) -> FetchResult:
         """One attempt, blocking the calling thread; never raises."""
-        attempt = self.attempt(url)
+        attempt = self.attempt(url, method, headers, body)
         _budget.deadline = attempt.deadline
         try:
             return self._fetch(self._session(), attempt, before_hop)
@@ -339,8 +433,9 @@ class ThreadEngine(Engine):
         while True:
             left = attempt.remaining()
             timeout = (min(self.config.connect_timeout, left), min(self.config.read_timeout, left))
-            resp = session.get(
-                url, headers=attempt.headers, stream=True, allow_redirects=False, timeout=timeout
+            resp = session.request(
+                attempt.method, url, headers=attempt.headers, data=attempt.body, stream=True,
+                allow_redirects=False, timeout=timeout,
             )
             try:
                 loc = resp.headers.get("Location")  # http.client decodes header bytes as Latin-1
@@ -381,10 +476,16 @@ class ThreadEngine(Engine):
             session.trust_env = False  # no proxy/.netrc from the environment
             session.headers.clear()  # every header comes from build_headers
             session.verify = self.config.verify_tls  # True: certifi, via self._tls
+            # The session's own jar never keeps a cookie; a job's jar (--cookies) is the
+            # adapter's, one for all threads of this engine.
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+            if self.proxy is not None:  # every request, http and https targets alike
+                url = self.proxy.url()
+                session.proxies = {"http": url, "https": url}
             adapter = GuardedAdapter(
                 self.guard,
                 ssl_context=self._tls,
+                cookies=self._jar,
                 pool_connections=HOST_POOLS,
                 pool_maxsize=self.config.concurrency,
                 max_retries=0,

@@ -28,8 +28,15 @@ WORKER_CONCURRENCY = 50
 READY_TIMEOUT = 60.0
 
 
+TESTS = Path(__file__).parent.parent
+# Workers import --extract functions from their own path, as a user's would: the tests' own
+# (tests/extract_funcs.py) and the shipped example (examples/page_summary.py).
+EXTRACT_PATH = os.pathsep.join([str(TESTS), str(TESTS.parent / "examples")])
+
+
 def crawler_env(redis_url: str, broker_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLER_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (EXTRACT_PATH, env.get("PYTHONPATH")) if p)
     env["CRAWLER_REDIS_URL"] = redis_url
     if broker_url:
         env["CRAWLER_BROKER_URL"] = broker_url

@@ -99,7 +99,7 @@ def test_global_qps_holds_at_the_servers_exactly_once(
     csv_out = cli(cluster, "results", job, "--format", "csv", "--errors-only")
     assert csv_out.stdout.decode().splitlines() == [
         "url,final_url,status,ok,error,error_detail,attempts,elapsed_ms,bytes,content_type,"
-        "fetched_at,depth,worker,redirects,job,body_stored"]
+        "fetched_at,depth,worker,redirects,job,body_stored,method,meta,data"]
 
 
 @TIMING
