@@ -32,7 +32,9 @@ from crawler.leases import Leases, LeaseTiming
 from crawler.options import CrawlOptions
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
+from crawler.request import by_priority
 from crawler.retention import expire_job, purge_job
+from crawler.schedule import Schedule
 from crawler.seeding import with_sitemaps
 from crawler.settings import Settings, job_options, load_settings
 from crawler.urls import IntakeStats, accept_urls
@@ -53,6 +55,8 @@ class AsyncCrawler:
         self.jobs = JobControl(self.client, self.settings.key_prefix)
         self.leases = Leases(self.client, self.settings.key_prefix,
                              LeaseTiming(self.settings.lease_seconds))
+        self.schedule = Schedule(self.client, self.settings.key_prefix,
+                                 self.settings.priority_aging)
         self._checked = False
 
     async def _ready(self) -> None:
@@ -98,17 +102,19 @@ class AsyncCrawler:
                                         engine, limiter),
                     cap=opts.max_pages, size=batch_size)
             async for batch in batches:
-                pipe = self.client.pipeline(transaction=False)
-                self.jobs.add_batch(pipe, job_id, batch_no, batch)
-                await pipe.execute()
-                self._send(job_id, [batch_no], "submitted", urls=batch)
-                batch_no += 1
+                for line_priority, part in by_priority(batch):  # a batch has one priority
+                    pipe = self.client.pipeline(transaction=False)
+                    self.jobs.add_batch(pipe, job_id, batch_no, part, priority=line_priority)
+                    await pipe.execute()
+                    await self._send(job_id, [batch_no], "submitted", urls=part,
+                                     priorities=[opts.priority + line_priority])
+                    batch_no += 1
         await self.jobs.mark_submitted(job_id, rejected=intake.rejected)
         await self._expire(job_id)  # a job with nothing to fetch ended at once
         # Found-link batches held until the seeds were all in (a level barrier): send them.
         held = await self.jobs.release_held(job_id, lease_ms=self.leases.timing.pending_ms)
         if held:
-            self._send(job_id, held, "released")
+            await self._send(job_id, held, "released")
         if intake.stopped_at is not None:
             raise InputError(
                 f"job {job_id} holds --max-queued {opts.max_queued} URLs (they run); input "
@@ -150,11 +156,17 @@ class AsyncCrawler:
         if after is JobState.CANCELLED:  # its keys expire `ttl` after now (README, "Redis keys")
             await self._expire(job_id)
         if requeue:
-            self._send(job_id, requeue, "resumed")
+            await self._send(job_id, requeue, "resumed")
         return after
 
-    def _send(self, job_id: str, batch_nos: list[int], why: str,
-              urls: list[str] | None = None) -> None:
+    async def _send(self, job_id: str, batch_nos: list[int], why: str,
+                    urls: list[str] | None = None, priorities: list[int] | None = None) -> None:
+        """Put the batches in the shared line (crawler.schedule), then send a message each."""
+        if priorities is None:
+            job = CrawlOptions.model_validate(await self.jobs.spec(job_id)).priority
+            lines = await self.schedule.line_priorities(job_id, batch_nos)
+            priorities = [job + p for p in lines]
+        await self.schedule.add(job_id, list(zip(batch_nos, priorities, strict=True)))
         send_batches(self.settings.shared_broker_url, job_id, batch_nos, why=why, urls=urls,
                      queue_type=self.settings.broker_queue_type)
 

@@ -142,6 +142,9 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    "machines); default: no cookies")
     g.add_argument("--store-body", action="store_const", const=True,
                    help="keep bodies in Redis (capped, compressed)")
+    g.add_argument("--priority", type=int_in(-100, 100), metavar="N",
+                   help="the job's priority, -100..100 (default 0): higher batches are taken "
+                   "first, each point worth priority_aging s (60) of waiting")
     g.add_argument("--extract", metavar="MODULE:FUNCTION",
                    help="run this function (package.module:function) on every 2xx page: "
                    "its dict becomes the record's data (workers import it: PYTHONPATH)")
@@ -193,9 +196,9 @@ SETTINGS_FLAGS = (
     "redis_url", "log_level", "mode", "qps", "burst", "per_host_qps", "per_host_burst",
     "concurrency", "timeout", "connect_timeout", "read_timeout", "retries", "max_bytes",
     "max_redirects", "user_agent", "insecure", "allow_private_networks", "allowed_networks",
-    "proxy", "cookies", "store_body", "extract", "on_finish", "on_finish_task", "ttl", "depth",
-    "scope", "allow", "deny", "max_pages", "max_queued", "robots", "sitemaps", "dedupe",
-    "log_format",
+    "proxy", "cookies", "store_body", "extract", "priority", "on_finish", "on_finish_task",
+    "ttl", "depth", "scope", "allow", "deny", "max_pages", "max_queued", "robots", "sitemaps",
+    "dedupe", "log_format",
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -23,6 +23,7 @@ from crawler.jobs import new_job_id
 from crawler.politeness import polite_fetcher, robots_cache
 from crawler.ratelimit import AsyncRateLimiter
 from crawler.ratelimit.sole import SoleRateLimiter
+from crawler.request import by_priority
 from crawler.retention import expire_crawl
 from crawler.runner import BatchRunner, RunnerOptions, RunStats
 from crawler.seeding import with_sitemaps
@@ -45,6 +46,13 @@ class CrawlSummary:
     counters: dict[str, int] = field(default_factory=dict)
     exported: int = 0
     store_calls: int = 0
+
+
+async def _highest_first(batches: AsyncIterator[list[str]]) -> AsyncIterator[list[str]]:
+    """One process, one job: line priorities order each intake batch (1,000 lines), highest
+    first; reading stays streamed, so there is no order across batches."""
+    async for batch in batches:
+        yield [e for _, part in by_priority(batch) for e in part]
 
 
 async def crawl(
@@ -91,8 +99,9 @@ async def crawl(
                 frontier=frontier, robots=robots, extractor=extractor)
             if on_start is not None:
                 on_start(runner)
-            seeds = claimed_batches(urls, store, intake, INTAKE_BATCH, cap=settings.max_pages,
-                                    on_accepted=policy.add_seeds)
+            seeds = _highest_first(claimed_batches(
+                urls, store, intake, INTAKE_BATCH, cap=settings.max_pages,
+                on_accepted=policy.add_seeds))
             if settings.sitemaps:
                 seeds = with_sitemaps(seeds, fetch=polite_fetcher(engine, limiter),
                                       robots=robots, policy=policy, store=store,

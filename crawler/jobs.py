@@ -184,15 +184,19 @@ class JobControl:
             "spec": orjson.dumps(spec), "created": now_ms, "submitted": 0, "batches": 0})
         await self.client.zadd(jobs_index(self.prefix), {job_id: now_ms})
 
-    def add_batch(self, pipe: Any, job_id: str, batch_no: int, urls: list[str]) -> None:
+    def add_batch(self, pipe: Any, job_id: str, batch_no: int, urls: list[str], *,
+                  priority: int = 0) -> None:
         """Queue the commands storing one batch on `pipe` (the caller sends many at once).
 
         Safe to send twice (a retry after a lost reply): the list is written whole and the
-        count set, not incremented. No worker has the batch yet: its message goes after."""
+        count set, not incremented. No worker has the batch yet: its message goes after.
+        `priority`: its input lines' own priority, kept for when it is sent again."""
         key = self.key(job_id, f"batch:{batch_no}")
         pipe.delete(key)
         pipe.rpush(key, *urls)
         pipe.hset(self.key(job_id, "meta"), "batches", batch_no + 1)
+        if priority:
+            pipe.hset(self.key(job_id, "prio"), batch_no, priority)
 
     async def mark_submitted(self, job_id: str, *, rejected: int) -> None:
         """Every batch is enqueued: from now on the job can finish."""

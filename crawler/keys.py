@@ -17,3 +17,9 @@ def jobs_index(prefix: str) -> str:
 def leased_jobs(prefix: str) -> str:
     """Set of job ids that may have leased batches: the reapers' work list."""
     return f"{prefix}:leased-jobs"
+
+
+def sched_key(prefix: str, name: str) -> str:
+    """`{prefix}:{sched}:<name>`: ready, claimed, scores (crawler.schedule). One hash tag, so
+    its scripts run on Redis Cluster; shared by every job of the deployment."""
+    return f"{prefix}:{{sched}}:{name}"

@@ -103,6 +103,10 @@ class CrawlOptions(BaseModel):
     bloom_capacity: int = Field(10_000_000, ge=1_000, le=4_000_000_000)
     bloom_error_rate: float = Field(0.001, ge=1e-9, le=0.1)
 
+    # Higher first across jobs sharing workers, each point worth `priority_aging` s of waiting
+    # (crawler/schedule.py); an input line's own priority adds to it
+    priority: int = Field(0, ge=-100, le=100)
+
     # Results
     # `package.module:function` run on every 2xx page: its dict is the record's `data`, its
     # page.follow() requests join the job like links (crawler/extract.py)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,16 @@ def decode(entry: str) -> CrawlRequest:
     return CrawlRequest(
         d["url"], d.get("method", "GET"), tuple((n, v) for n, v in d.get("headers", ())),
         d.get("body"), d.get("meta"), d.get("priority", 0))
+
+
+def by_priority(entries: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """Entries grouped by their line priority, highest first, order kept within a group (a
+    batch has one priority: crawler.schedule ranks batches)."""
+    groups: dict[int, list[str]] = {}
+    for e in entries:
+        p = orjson.loads(e).get("priority", 0) if e.startswith("{") else 0
+        groups.setdefault(p, []).append(e)
+    return sorted(groups.items(), key=lambda g: -g[0])
 
 
 def entry_key(entry: str) -> str:

@@ -66,6 +66,10 @@ class Settings(BaseSettings, CrawlOptions):
     # Seconds a worker's claim on a running batch lasts without a heartbeat (see README,
     # "Reliability"): a killed worker's batch is sent again at most about this long after.
     lease_seconds: float = Field(20.0, ge=2, le=3600)
+    # Seconds of waiting worth one priority point (crawler/schedule.py): a batch of priority p
+    # goes before one of p - 1 that was queued less than this much earlier. Producers and
+    # workers of one deployment must agree on it.
+    priority_aging: float = Field(60.0, gt=0, le=86_400)
     # Workers: serve Prometheus metrics on this port (None: off) and address (README, "Metrics").
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_address: str = "127.0.0.1"

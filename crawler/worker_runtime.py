@@ -56,6 +56,7 @@ from crawler.ratelimit.fallback import FallbackLimiter
 from crawler.retention import expire_job
 from crawler.robots import RobotsCache
 from crawler.runner import BatchRunner, RunnerOptions
+from crawler.schedule import Schedule
 from crawler.settings import Settings
 from crawler.slots import Slots
 from crawler.store import ResultStore
@@ -69,6 +70,12 @@ SPEC_CACHE_TTL = 30.0  # s a job's spec is reused without reading Redis again (s
 SHUTDOWN_PATIENCE = 45.0
 PUBLISH_EVERY = 1.0  # s between copies of the batches' counters to the Prometheus metrics
 REPORT_EVERY = 1.0  # s between a worker's live reports on its jobs (`crawler status --watch`)
+# Batches one task message may pass over in the line (paused, cancelled, done, running
+# elsewhere) before it runs its own: each passed-over batch has a message of its own too.
+PICKS_PER_TICKET = 100
+# Outcomes of a batch that did not run: the message goes on to the next in line.
+NOT_RUN = frozenset({"rejected_spec", "missing", "paused", "cancelled", "gone", "leased",
+                     "held"})
 # Jobs whose cookie jars (an engine each: a session, its pools) one process keeps at most;
 # beyond, the least recently used job with no batch running here loses its jar.
 COOKIE_JARS = 64
@@ -119,6 +126,8 @@ class WorkerRuntime:
         self.limiter_client = redis_client(url, fail_fast=True, name="crawler-limiter")
         self.jobs = JobControl(self.client, self.settings.key_prefix)
         self.leases = Leases(self.client, self.settings.key_prefix, self.timing)
+        self.schedule = Schedule(self.client, self.settings.key_prefix,
+                                 self.settings.priority_aging)
         self.slots = Slots(self.settings.concurrency, self.settings.limit_per_host)
         self.engines: dict[tuple[str, FetchConfig], Engine] = {}
         self.limiters: dict[LimiterConfig, FallbackLimiter] = {}
@@ -155,19 +164,36 @@ class WorkerRuntime:
     # --- on the loop ------------------------------------------------------------------------
 
     async def _run_batch(self, job_id: str, batch_no: int) -> dict[str, Any]:
-        t0 = time.monotonic()
-        summary: dict[str, Any] = {"job": job_id, "batch": batch_no, "worker": self.name}
+        """A task message is a ticket (crawler.schedule): run the first batch in the shared
+        line, passing over batches that may not run (paused, cancelled, done, running
+        elsewhere); the message's own batch only when the line has nothing runnable."""
         if self.closing:  # taken while shutting down: not started, so send it to another worker
             await self._send(job_id, [batch_no], "handed_back")
-            return summary | {"outcome": "handed_back"}
+            return {"job": job_id, "batch": batch_no, "worker": self.name,
+                    "outcome": "handed_back"}
+        for _ in range(PICKS_PER_TICKET):
+            picked = await self.schedule.pop()
+            if picked is None:
+                break
+            # An error before its batch start leaves the claim: it runs out and is put back.
+            result = await self._run_one(*picked)
+            if result["outcome"] not in NOT_RUN:
+                return result | {"ticket": f"{job_id}/{batch_no}"}
+        return await self._run_one(job_id, batch_no)
+
+    async def _run_one(self, job_id: str, batch_no: int) -> dict[str, Any]:
+        t0 = time.monotonic()
+        summary: dict[str, Any] = {"job": job_id, "batch": batch_no, "worker": self.name}
         try:
             options = await self._options(job_id)
         except ValidationError as exc:
             # A spec this worker cannot trust is never executed; the batch stays stored.
             log.error("job %s: invalid spec, batch %d not run: %s", job_id, batch_no,
                       str(exc).splitlines()[0])
+            await self.schedule.done(job_id, batch_no)
             return summary | {"outcome": "rejected_spec"}
         except JobNotFound:
+            await self.schedule.done(job_id, batch_no)
             return summary | {"outcome": "missing"}
         await self._mark(job_id)  # before the lease exists: a reaper will look
         token = f"{self.run_id}:{next(self._seq)}"
@@ -175,6 +201,7 @@ class WorkerRuntime:
         verdict, live, depth = await self.jobs.batch_start(
             job_id, batch_no, self.name, token=token, lease_ms=lease_ms,
             recent_ms=self.timing.recent_ms, barrier=options.level_barrier)
+        await self.schedule.done(job_id, batch_no)  # its lease (or its verdict) rules now
         if verdict != "run":
             return summary | {"outcome": verdict}
         # Workers on this job now: the fallback limiter's divisor until the next heartbeat.
@@ -263,6 +290,14 @@ class WorkerRuntime:
 
     async def _send(self, job_id: str, batch_nos: list[int], why: str,
                     urls: Sequence[str] | None = None) -> None:
+        """Put the batches in the shared line (crawler.schedule), then send a message each."""
+        try:
+            job = (await self._options(job_id)).priority
+        except (JobNotFound, ValidationError):  # its message will find it gone or refused
+            job = 0
+        lines = await self.schedule.line_priorities(job_id, batch_nos)
+        await self.schedule.add(job_id, [(n, job + p) for n, p in zip(batch_nos, lines,
+                                                                       strict=True)])
         await self.loop.run_in_executor(None, partial(
             send_batches, self._broker(), job_id, batch_nos, why=why, urls=urls,
             queue_type=self.settings.broker_queue_type))
@@ -424,6 +459,10 @@ class WorkerRuntime:
         while True:
             await asyncio.sleep(self.timing.reap_every)
             try:
+                for job_id, batches in (await self.schedule.reap()).items():
+                    log.warning("job %s: batches %s were taken from the line but never "
+                                "started; sending them again", job_id, batches)
+                    await self._send(job_id, batches, "unclaimed")
                 if not await self._owners_had_their_chance():
                     continue
                 for job_id in await self.leases.jobs():
