@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 from crawler.errors import BackendUnavailable
 from crawler.jobs import LINK_BATCH_BASE
 from crawler.redis_urls import kombu_broker
+from crawler.request import entry_url
 from crawler.settings import is_amqp, mask_url
 from crawler.work import host_of
 
@@ -91,7 +92,7 @@ def task_label(job_id: str, batch_no: int, why: str, urls: Sequence[str] | None 
     args = f"job={job_id} batch={batch_name(batch_no)}"
     if urls is None:
         return args, f"why={why}"
-    hosts = Counter(map(host_of, urls))
+    hosts = Counter(host_of(entry_url(u)) for u in urls)  # entries: URLs or JSON requests
     named = [h for h, _ in hosts.most_common(LABEL_HOSTS)]
     more = f" (+{len(hosts) - len(named)})" if len(hosts) > len(named) else ""
     return args, f"why={why} urls={len(urls)} hosts={','.join(named)}{more}"

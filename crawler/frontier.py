@@ -30,7 +30,7 @@ from typing import Any
 
 from crawler.keys import job_key
 from crawler.options import CrawlOptions
-from crawler.request import decode
+from crawler.request import entry_url
 from crawler.scope import UrlFilter, scope_key
 from crawler.store import BatchTarget, ResultStore
 from crawler.work import host_of
@@ -56,10 +56,10 @@ class LinkPolicy:
 
     async def keep(self, links: Sequence[str]) -> list[str]:
         """The links (entries: URLs, or JSON requests from --extract) the job keeps."""
-        passed = [u for u in links if self.filter.allows(_url(u))]
+        passed = [u for u in links if self.filter.allows(entry_url(u))]
         if self.mode == "any" or not passed:
             return passed
-        keys = [scope_key(host_of(_url(u)), self.mode) for u in passed]
+        keys = [scope_key(host_of(entry_url(u)), self.mode) for u in passed]
         unknown = sorted({k for k in keys if k not in self._in})
         if unknown:
             found = await self.client.smismember(self.key, unknown)
@@ -132,10 +132,6 @@ class QueueFrontier:
         held = await self.release()
         if held:
             await self.send(held, "released", None)
-
-
-def _url(entry: str) -> str:
-    return entry if not entry.startswith("{") else decode(entry).url
 
 
 def _by_depth(pages: Sequence[tuple[int, list[str]]]) -> dict[int, list[str]]:

@@ -107,6 +107,11 @@ def by_priority(entries: Sequence[str]) -> list[tuple[int, list[str]]]:
     return sorted(groups.items(), key=lambda g: -g[0])
 
 
+def entry_url(entry: str) -> str:
+    """The URL of an entry, without decoding a plain one."""
+    return entry if not entry.startswith("{") else decode(entry).url
+
+
 def entry_key(entry: str) -> str:
     """`decode(entry).key`, without decoding a plain URL."""
     return entry if not entry.startswith("{") else decode(entry).key
@@ -189,5 +194,5 @@ def _headers(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-__all__ = ["BadRequest", "CrawlRequest", "InvalidURL", "decode", "entry_key", "parse_line",
-           "parse_object"]
+__all__ = ["BadRequest", "CrawlRequest", "InvalidURL", "by_priority", "decode", "entry_key",
+           "entry_url", "parse_line", "parse_object"]

@@ -28,6 +28,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 import sys
@@ -88,7 +89,8 @@ _PASSWORD = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/?#@:]*:)[^/?#]*@")
 # added to an empty path), recognised without parsing. Only lowercase http(s); no userinfo;
 # a lowercase ASCII host that `_check_ascii_host` accepts as is (labels of 1-63 of
 # [a-z0-9_-], no "xn--" label, at most 253 characters, no trailing dot, a numeric last label
-# only in a dotted-quad IPv4 address without leading zeros); a port of 1-65535 without a
+# only in a dotted-quad IPv4 address without leading zeros, no "0x..." last label: the URL
+# Standard reads both as IPv4 numbers); a port of 1-65535 without a
 # leading zero that is not the scheme's default; a path of characters w3lib never quotes
 # ("%", ";", "[", "]", "|" excluded) with no "." or ".." segment; an optional query of
 # non-empty ``key=value`` fields over [A-Za-z0-9._~+-] (sortedness is checked in code); no
@@ -99,7 +101,7 @@ _FAST_LABEL = r"(?!xn--)[a-z0-9_-]{1,63}"
 _FAST_HOST = (
     rf"(?:(?:{_OCTET}\.){{3}}{_OCTET}"
     rf"|(?=[a-z0-9._-]{{1,253}}{_AUTHORITY_END})"
-    rf"(?:{_FAST_LABEL}\.)*(?![0-9]+{_AUTHORITY_END}){_FAST_LABEL})"
+    rf"(?:{_FAST_LABEL}\.)*(?!(?:[0-9]+|0x[0-9a-f]*){_AUTHORITY_END}){_FAST_LABEL})"
 )
 _FAST_PORT = (
     r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
@@ -365,17 +367,30 @@ def iter_urls(
 
 def accept_urls(urls: Iterable[str | Mapping[str, Any]], stats: IntakeStats) -> Iterator[str]:
     """The same intake for the Python API's `submit(urls)`: URL strings, JSON request strings,
-    or request mappings (``{"url": ..., "method": "POST", "json": {...}, "meta": ...}``)."""
-    lines = (
-        (n, *_api_line(u)) for n, u in enumerate(urls, 1)
-    )
-    return _accept(lines, stats)
+    or request mappings (``{"url": ..., "method": "POST", "json": {...}, "meta": ...}``).
+    Runs of strings go through the file intake as they are; mappings are parsed here."""
+    for strings, group in itertools.groupby(enumerate(urls, 1),
+                                             key=lambda item: isinstance(item[1], str)):
+        if strings:
+            yield from _accept(((n, u.encode("utf-8", "surrogatepass"),  # type: ignore[union-attr]
+                                 len(u) <= _READ_LIMIT) for n, u in group), stats)
+            continue
+        for n, obj in group:
+            stats.lines += 1
+            try:
+                entry = _request().parse_object(obj).entry
+            except (_request().BadRequest, InvalidURL) as exc:
+                stats.reject(n, orjson.dumps(obj, default=repr), *_why(exc))
+                continue
+            stats.accepted += 1
+            yield entry
 
 
-def _api_line(item: str | Mapping[str, Any]) -> tuple[bytes | Mapping[str, Any], bool]:
-    if isinstance(item, str):
-        return item.encode("utf-8", "surrogatepass"), len(item) <= _READ_LIMIT
-    return item, True
+def _request() -> Any:
+    """crawler.request, which imports this module (so not at the top)."""
+    from crawler import request
+
+    return request
 
 
 def _iter_stream(stream: BinaryIO | TextIO, stats: IntakeStats) -> Iterator[str]:
@@ -397,47 +412,23 @@ def _lines_until_error(
         stats.read_error = f"cannot read the input after line {stats.lines}: {detail}"
 
 
-def _accept(lines: Iterable[tuple[int, bytes | Mapping[str, Any], bool]], stats: IntakeStats
-            ) -> Iterator[str]:
+def _accept(lines: Iterable[tuple[int, bytes, bool]], stats: IntakeStats) -> Iterator[str]:
     """Entries (crawler.request) of the accepted lines: the canonical URL of a URL line, the
-    entry of a JSON request line (one that starts with "{") or of a request mapping."""
-    from crawler.request import BadRequest, parse_line, parse_object  # it imports this module
-
+    entry of a JSON request line (one that starts with "{")."""
     # The per-line work is kept to a minimum (no helper calls on the common path): with the
     # fast path of `canonicalize`, reading and counting are a large share of intake.
     for lineno, line, complete in lines:
         stats.lines += 1
-        if type(line) is not bytes:  # a request mapping from the Python API
-            try:
-                entry = parse_object(line).entry
-            except (BadRequest, InvalidURL) as exc:
-                shown = orjson.dumps(line, default=repr)
-                stats.reject(lineno, shown, *_why(exc))
-                continue
-            stats.accepted += 1
-            yield entry
-            continue
         if lineno == 1:
             line = line.removeprefix(_UTF8_BOM)
         line = line.strip()
         if line.startswith(b"#") or (complete and not line):
             stats.skipped += 1
             continue
-        if line.startswith(b"{"):
-            if not complete or len(line) > MAX_REQUEST_LINE:
-                stats.reject(lineno, line, RejectReason.TOO_LONG,
-                             f"a JSON line holds at most {MAX_REQUEST_LINE} bytes")
-                continue
-            try:
-                request = parse_line(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats.reject(lineno, line, RejectReason.NOT_UTF8)
-                continue
-            except (BadRequest, InvalidURL) as exc:
-                stats.reject(lineno, line, *_why(exc))
-                continue
-            stats.accepted += 1
-            yield request.entry
+        if line[0] == 0x7B:  # "{": a JSON request line (an index allocates nothing)
+            entry = _json_line(lineno, line, complete, stats)
+            if entry is not None:
+                yield entry
             continue
         if not complete or len(line) > MAX_URL_LENGTH:
             stats.reject(lineno, line, RejectReason.TOO_LONG)
@@ -454,6 +445,26 @@ def _accept(lines: Iterable[tuple[int, bytes | Mapping[str, Any], bool]], stats:
             continue
         stats.accepted += 1
         yield url
+
+
+def _json_line(lineno: int, line: bytes, complete: bool, stats: IntakeStats) -> str | None:
+    """The entry of a JSON request line, or None (rejected and counted). Out of `_accept`'s
+    loop: the loop stays short (under tracemalloc, every allocation scans its line table)."""
+    request = _request()
+    if not complete or len(line) > MAX_REQUEST_LINE:
+        stats.reject(lineno, line, RejectReason.TOO_LONG,
+                     f"a JSON line holds at most {MAX_REQUEST_LINE} bytes")
+        return None
+    try:
+        entry = request.parse_line(line.decode("utf-8")).entry
+    except UnicodeDecodeError:
+        stats.reject(lineno, line, RejectReason.NOT_UTF8)
+        return None
+    except (request.BadRequest, InvalidURL) as exc:
+        stats.reject(lineno, line, *_why(exc))
+        return None
+    stats.accepted += 1
+    return str(entry)
 
 
 def _why(exc: ValueError) -> tuple[RejectReason, str]:

@@ -257,3 +257,31 @@ def test_crawl_of_json_lines_returns_meta_and_method(
     }
     assert sorted((a.method, a.path, a.body) for a in http_server.arrivals()) == [
         ("GET", "/ok", b""), ("HEAD", "/ok", b""), ("POST", "/echo", b'{"a":[1]}')]
+
+
+def test_a_batch_label_names_the_hosts_of_json_requests() -> None:
+    from crawler.broker import task_label
+
+    entries = [parse_object({"url": "http://b.example/x", "method": "HEAD"}).entry,
+               "http://a.example/", parse_object({"url": "http://b.example/y"}).entry]
+    assert task_label("j", 3, "submitted", entries) == (
+        "job=j batch=3", "why=submitted urls=3 hosts=b.example,a.example")
+
+
+def test_crawl_takes_higher_priority_lines_first(http_server: HTTPServer, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    lines = [http_server.url("/page/0"),
+             json.dumps({"url": http_server.url("/page/1"), "priority": 5}),
+             json.dumps({"url": http_server.url("/page/2"), "priority": -1}),
+             json.dumps({"url": http_server.url("/page/3"), "priority": 5}),
+             json.dumps({"url": http_server.url("/page/4"), "priority": 9})]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "crawler", "crawl", str(src), "-o",
+                           str(tmp_path / "out.jsonl"), "--no-progress", "--concurrency", "1",
+                           "--allow-private-networks"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    order = [a.path for a in sorted(http_server.arrivals(), key=lambda a: a.at)]
+    assert order == ["/page/4", "/page/1", "/page/3", "/page/0", "/page/2"]

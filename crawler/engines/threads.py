@@ -215,37 +215,35 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     pass
 
 
-class GuardedPoolManager(urllib3.PoolManager):
+class _GuardedPools(urllib3.PoolManager):
+    """Pools that open only guarded connections (with budgeted reads)."""
+
+    guard: Guard
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
+        pool.conn_kw["guard"] = self.guard
+        return pool
+
+
+class GuardedPoolManager(_GuardedPools):
     """A PoolManager whose pools open only guarded connections."""
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.guard = guard
 
-    def _new_pool(
-        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
-    ) -> HTTPConnectionPool:
-        pool = super()._new_pool(scheme, host, port, request_context)
-        pool.ConnectionCls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
-        pool.conn_kw["guard"] = self.guard
-        return pool
 
-
-class GuardedProxyManager(urllib3.ProxyManager):
+class GuardedProxyManager(_GuardedPools, urllib3.ProxyManager):
     """An HTTP(S) proxy's pools: every connection goes to the proxy (through the guard, which
     trusts the proxy's own address), with budgeted reads like direct ones."""
 
     def __init__(self, guard: Guard, proxy_url: str, **kwargs: Any) -> None:
-        super().__init__(proxy_url, **kwargs)
+        urllib3.ProxyManager.__init__(self, proxy_url, **kwargs)
         self.guard = guard
-
-    def _new_pool(
-        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
-    ) -> HTTPConnectionPool:
-        pool = super()._new_pool(scheme, host, port, request_context)
-        pool.ConnectionCls = GuardedHTTPSConnection if scheme == "https" else GuardedHTTPConnection
-        pool.conn_kw["guard"] = self.guard
-        return pool
 
 
 class _BudgetedSOCKSConnection(SOCKSConnection):

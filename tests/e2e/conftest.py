@@ -151,7 +151,16 @@ def sites() -> Iterator[list[HTTPServer]]:
 
 
 @pytest.fixture
-def clean_sites(sites: list[HTTPServer]) -> list[HTTPServer]:
+def clean_sites(sites: list[HTTPServer], e2e_redis: RedisServer) -> list[HTTPServer]:
+    """The sites with no arrivals, and no host state left in the limiter by an earlier test (a
+    429 slows its host for every later job for minutes: README, "Cluster-wide back-off")."""
     for s in sites:
         s.clear()
+    r = redis.Redis.from_url(e2e_redis.url)
+    try:
+        stale = list(r.scan_iter(match="crawler:{rl}:h:*", count=1000))
+        if stale:
+            r.delete(*stale)
+    finally:
+        r.close()
     return sites

@@ -59,12 +59,13 @@ def test_a_job_runs_through_the_proxy_with_its_cookies_and_the_password_stays_hi
         [landing] = [a for a in ours if a.path == "/landing"]
         assert landing.headers.get("Cookie") == "sid=e2e"
 
-    records = [orjson.loads(line) for line in cli(cluster, "results", job).stdout.splitlines()]
+    results = cli(cluster, "results", job)
+    records = [orjson.loads(line) for line in results.stdout.splitlines()]
     assert sorted(r["url"] for r in records) == sorted(urls)
     assert {r["status"] for r in records} == {200}
     # And the password is in no output and no worker log line
-    shown = [cli(cluster, "status", job), cli(cluster, "status", job, "--json"),
-             cli(cluster, "jobs"), cli(cluster, "results", job)]
+    shown = [sub, waited, results, cli(cluster, "status", job),
+             cli(cluster, "status", job, "--json")]
     for out in shown:
         assert out.returncode == 0, out.stderr.decode()
         assert SECRET not in out.stdout.decode() + out.stderr.decode()
