@@ -85,12 +85,23 @@ class ProxyServer:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
+        writers = list(self._writers)
+        for writer in writers:
             writer.close()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Every connection, to clients and to targets, closed before the loop goes: a transport
+        # left closing would warn (ResourceWarning) in whatever test runs when it is collected.
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+    async def _connect(self, host: str, port: int
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a target, tracked so that `_stop` closes it."""
+        reader, writer = await asyncio.open_connection(host, port)
+        self._writers.add(writer)
+        return reader, writer
 
     def __enter__(self) -> Self:
         return self.start()
@@ -159,7 +170,7 @@ class ProxyServer:
             return
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
-            upstream_r, upstream_w = await asyncio.open_connection(host.strip("[]"), int(port))
+            upstream_r, upstream_w = await self._connect(host.strip("[]"), int(port))
             self._record(Forward("connect", host, int(port), target, auth, _port(upstream_w)))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
@@ -173,7 +184,7 @@ class ProxyServer:
         body = await reader.readexactly(length) if length else b""
         kept = [f"{k}:{v}" for k, v in headers
                 if k.lower() not in ("proxy-authorization", "proxy-connection", "connection")]
-        upstream_r, upstream_w = await asyncio.open_connection(host.strip("[]"), int(port))
+        upstream_r, upstream_w = await self._connect(host.strip("[]"), int(port))
         self._record(Forward("http", host, int(port), target, auth, _port(upstream_w)))
         request = "\r\n".join([f"{method} /{path} {version}", *kept, "Connection: close"])
         upstream_w.write(request.encode("latin-1") + b"\r\n\r\n" + body)
@@ -211,7 +222,7 @@ class ProxyServer:
         else:
             host = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
         (port,) = struct.unpack("!H", await reader.readexactly(2))
-        upstream_r, upstream_w = await asyncio.open_connection(host, port)
+        upstream_r, upstream_w = await self._connect(host, port)
         self._record(Forward("socks5", host, port, f"{host}:{port}", login, _port(upstream_w)))
         writer.write(b"\x05\x00\x00\x01" + socket.inet_aton("0.0.0.0") + b"\x00\x00")
         await writer.drain()
@@ -229,7 +240,7 @@ class ProxyServer:
             writer.write(b"\x00\x5d" + bytes(6))
             await writer.drain()
             return
-        upstream_r, upstream_w = await asyncio.open_connection(host, port)
+        upstream_r, upstream_w = await self._connect(host, port)
         self._record(Forward("socks4", host, port, f"{host}:{port}", user or None,
                              _port(upstream_w)))
         writer.write(b"\x00\x5a" + bytes(6))
