@@ -332,6 +332,9 @@ class WorkerRuntime:
         for key in scoped[: max(0, len(scoped) - COOKIE_JARS)]:
             if key[1].cookie_scope not in self.running:
                 self._close_engine(key)
+                # Its robots.txt cache fetches through that engine: the next batch of the
+                # job here builds both again.
+                self.robots.pop(key[1].cookie_scope, None)
 
     def _close_engine(self, key: tuple[str, FetchConfig]) -> None:
         engine = self.engines.pop(key)

@@ -297,6 +297,7 @@ def test_a_worker_keeps_at_most_cookie_jars_jobs_jars(
     monkeypatch.setattr(worker_runtime, "COOKIE_JARS", 2)
     options = CrawlOptions(cookies=True)
     for job in ("j1", "j2", "j1", "j3"):  # j1 used again: j2 is the least recently used
+        runtime.robots[job] = None  # as _robots() leaves it for a job that ignores robots.txt
         on_loop(runtime, runtime._engine(options, job))
 
     async def closed() -> None:
@@ -304,6 +305,8 @@ def test_a_worker_keeps_at_most_cookie_jars_jobs_jars(
 
     on_loop(runtime, closed())
     assert [key[1].cookie_scope for key in runtime.engines] == ["j1", "j3"]
+    # and j2's robots.txt cache (it fetched through the closed engine) went with it
+    assert "j2" not in runtime.robots and "j1" in runtime.robots
 
 
 # --- options, settings, command line -------------------------------------------------------------
