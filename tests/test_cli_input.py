@@ -661,8 +661,10 @@ class Lines(io.RawIOBase):
 
 
 @pytest.mark.slow  # tracemalloc makes it take about 20 s
-def test_a_million_lines_stream_through_intake_in_bounded_memory() -> None:
-    n = 1_000_000
+def test_a_quarter_million_lines_stream_through_intake_in_bounded_memory() -> None:
+    # The whole intake, canonicalize included, under tracemalloc (44 s for a million lines on
+    # 2 cores); tests/test_urls.py streams a million lines with canonicalize stubbed out.
+    n = 250_000
     stats = IntakeStats()
     stream = io.BufferedReader(Lines(n))
     tracemalloc.start()
@@ -673,7 +675,7 @@ def test_a_million_lines_stream_through_intake_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert count == stats.accepted == n
     input_size = sum(len(line(i)) for i in range(n))
-    assert peak < 1024 * 1024 < input_size // 30, f"peak {peak} bytes for {input_size}"
+    assert peak < 1024 * 1024 < input_size // 8, f"peak {peak} bytes for {input_size}"
 
 
 def _peak_rss_kib(argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
