@@ -199,13 +199,15 @@ def job_keys(cluster: Cluster, job: str) -> list[bytes]:
 def test_a_jobs_keys_expire_ttl_after_its_end_and_purge_deletes_them(
     cluster: Cluster, clean_sites: list[HTTPServer]
 ) -> None:
-    # Given a job with a 2-second TTL, crawled to the end
+    # Given a job with a 5-second TTL, crawled to the end (watched in process: a `crawler
+    # wait` subprocess takes 2 s to start, and a 2-second TTL could pass before it asks)
     urls = urls_for(clean_sites, 60, "ttl")
-    sub = cli(cluster, "submit", "-", "--ttl", "2", "--allow-private-networks",
+    sub = cli(cluster, "submit", "-", "--ttl", "5", "--allow-private-networks",
               "--batch-size", "20", stdin="\n".join(urls).encode())
     assert sub.returncode == 0, sub.stderr.decode()
     job = sub.stdout.decode().split()[-1]
-    assert cli(cluster, "wait", job, "--timeout", "60").returncode == 0
+    with Crawler(redis_url=cluster.redis_url) as c:
+        assert c.wait(job, timeout=60).state is JobState.FINISHED
     assert job_keys(cluster, job)
     # When its TTL passes (applied once no batch holds the job: the next reaper pass)
     try:
