@@ -8,7 +8,6 @@ with `CrawlOptions.model_validate`, so unknown or wrong-typed fields are refused
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -19,15 +18,11 @@ from crawler.engines.config import DEFAULT_USER_AGENT, FetchConfig
 from crawler.engines.proxy import parse_proxy
 from crawler.extract import check_spec
 from crawler.ratelimit import LimiterConfig
+from crawler.request import HEADER_NAME, HEADER_VALUE
 from crawler.retry import RetryPolicy
 from crawler.scope import check_patterns
 
 MiB = 1024 * 1024
-# A header name is an RFC 9110 token. A value (and the User-Agent) is printable ASCII, spaces
-# and tabs: aiohttp sends other characters as UTF-8 and requests as Latin-1 or not at all, so
-# anything else would make the engines disagree or fail every fetch.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 class CrawlOptions(BaseModel):
@@ -194,7 +189,7 @@ class CrawlOptions(BaseModel):
     @classmethod
     def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(value):
                 raise ValueError(f"invalid header {name!r} (names: letters, digits and "
                                  "!#$%&'*+-.^_`|~; values: printable ASCII)")
         return v
@@ -202,7 +197,7 @@ class CrawlOptions(BaseModel):
     @field_validator("user_agent")
     @classmethod
     def _printable(cls, v: str) -> str:
-        if not _FIELD_VALUE.fullmatch(v):
+        if not HEADER_VALUE.fullmatch(v):
             raise ValueError("use printable ASCII only (no control characters)")
         return v
 

@@ -33,8 +33,10 @@ PRIORITY_MIN, PRIORITY_MAX = -100, 100
 RESERVED_HEADERS = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
     "te", "trailer", "proxy-connection", "accept-encoding"})
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# A header name is an RFC 9110 token; a value printable ASCII, spaces and tabs (the engines
+# send anything else differently). The job's --header and User-Agent checks use them too.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 class BadRequest(ValueError):
@@ -184,11 +186,11 @@ def _headers(raw: Any) -> tuple[tuple[str, str], ...]:
         raise BadRequest(f"at most {MAX_HEADERS} headers")
     out: list[tuple[str, str]] = []
     for name, value in raw.items():
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
             raise BadRequest(f"header name {name!r} is not a valid token")
         if name.lower() in RESERVED_HEADERS:
             raise BadRequest(f"header {name!r} is set by the crawler")
-        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+        if not isinstance(value, str) or not HEADER_VALUE.fullmatch(value):
             raise BadRequest(f"header {name!r} needs a printable ASCII string value")
         out.append((name, value))
     return tuple(out)

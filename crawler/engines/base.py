@@ -63,12 +63,8 @@ class DeadlineExceeded(TimeoutError):
 
 def build_headers(config: FetchConfig) -> dict[str, str]:
     """Request headers for every hop: ours first, the job's extra headers override them."""
-    headers = {"User-Agent": config.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
-    for name, value in config.headers:
-        for key in [k for k in headers if k.lower() == name.lower()]:
-            del headers[key]
-        headers[name] = value
-    return headers
+    ours = {"User-Agent": config.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
+    return merged_headers(ours, config.headers)
 
 
 # A plain "scheme://host[:port]/..." with nothing urlsplit would read differently: no
